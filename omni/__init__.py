@@ -1,0 +1,1 @@
+"""Omni: one Transformer over text tokens and VQ-GAN image codes."""

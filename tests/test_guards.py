@@ -1,0 +1,58 @@
+"""The packaging guards: `tokenizers/` never shadows Hugging Face's package; the wheel holds only omni."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+
+from conftest import REPO
+
+
+def test_tokenizers_folder_has_no_init():
+    assert (REPO / "tokenizers").is_dir()
+    assert not (REPO / "tokenizers" / "__init__.py").exists(), (
+        "tokenizers/__init__.py would shadow Hugging Face's tokenizers; importable code belongs in omni/"
+    )
+
+
+def test_import_tokenizers_is_hugging_face_from_repo_root():
+    code = "import tokenizers, sys; print(tokenizers.__file__); sys.exit(0 if hasattr(tokenizers, 'Tokenizer') else 1)"
+    # `python -c` puts the working directory first on sys.path, as a user at the repo root would.
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "site-packages" in out.stdout, out.stdout
+
+
+def test_wheel_contains_only_omni(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "data", "runs", "demo", "build", "*.egg-info", "__pycache__"
+        ),
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    tops = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert "omni" in tops
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"omni"}, tops
+    assert any(n.startswith("omni/eval/") for n in zipfile.ZipFile(wheel).namelist())
