@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 
 import numpy as np
 import pytest
@@ -198,3 +199,15 @@ def test_label_components_matches_a_flood_fill():
             assert len(comp) == 1  # one label per component
         assert labels.max() == count  # distinct components get distinct labels
     assert label_components(np.ones((4, 4), bool)).max() == 1
+
+
+def test_cli_self_check_on_shards(shapes_dir, capsys):
+    from omni.eval.shapes import main
+
+    assert main(["--shards", str(shapes_dir / "val-*.tar"), "--blur-radius", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 50
+    assert report["image_accuracy"] >= 0.99 and report["caption_accuracy"] == 1.0
+    with pytest.raises(SystemExit) as e:
+        main(["--shards", str(shapes_dir / "nothing-*.tar")])
+    assert e.value.code == 2

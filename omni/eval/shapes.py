@@ -330,9 +330,15 @@ def score_caption(scene: Scene, text: str) -> Match:
 # Command line: self-check on ground-truth shards
 
 
-def evaluate_shards(pattern: str, limit: int | None = None) -> dict:
-    """Score the ground-truth images and captions of shards; returns accuracies by object count."""
+def evaluate_shards(pattern: str, limit: int | None = None, blur_radius: int = 0) -> dict:
+    """Score the ground-truth images and captions of shards; returns accuracies by object count.
+
+    `blur_radius` > 0 first blurs each image with a (2r+1) x (2r+1) box filter, to check the
+    analyzer's robustness to soft edges.
+    """
     import io
+
+    from PIL import ImageFilter
 
     from omni.data.shards import iterate_samples
 
@@ -343,7 +349,9 @@ def evaluate_shards(pattern: str, limit: int | None = None) -> dict:
             break
         meta = json.loads(sample["json"])
         scene = Scene.from_dict(meta["scene"])
-        image = Image.open(io.BytesIO(sample["png"]))
+        image = Image.open(io.BytesIO(sample["png"])).convert("RGB")
+        if blur_radius:
+            image = image.filter(ImageFilter.BoxBlur(blur_radius))
         k = "one" if len(scene.objects) == 1 else "two"
         for name, result in (
             ("image", match_scene(scene, find_objects(image))),
@@ -372,9 +380,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--shards", required=True, help="shard pattern, e.g. 'data/shapes/val-*.tar'")
     parser.add_argument("--limit", type=int, default=None, help="score at most this many samples")
+    parser.add_argument(
+        "--blur-radius", type=int, default=0, help="blur images with a (2r+1)^2 box filter first (1 = 3x3)"
+    )
     args = parser.parse_args(argv)
     try:
-        report = evaluate_shards(args.shards, args.limit)
+        report = evaluate_shards(args.shards, args.limit, args.blur_radius)
     except FileNotFoundError as e:
         parser.error(str(e))
     print(json.dumps(report, indent=2))
