@@ -112,9 +112,12 @@ def _caption(sample: dict, skips: SkipCounter, where: str, max_chars: int) -> st
 
 
 def decode_image_text(
-    sample: dict, skips: SkipCounter, resolution: int, max_caption_chars: int
+    sample: dict, skips: SkipCounter, resolution: int, max_caption_chars: int, require_caption: bool = True
 ) -> dict | None:
-    """Raw webdataset sample -> {"image", "text", "key", "meta"}, or None if it is bad."""
+    """Raw webdataset sample -> {"image", "text", "key", "meta"}, or None if it is bad.
+
+    With `require_caption=False` (image-only training) captions are not judged and may be "".
+    """
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
     ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
     if ext is None:
@@ -124,9 +127,12 @@ def decode_image_text(
             f"no image file among {sorted(k for k in sample if not k.startswith('__'))}",
         )
         return None
-    text = _caption(sample, skips, where, max_caption_chars)
-    if text is None:
-        return None
+    if require_caption:
+        text = _caption(sample, skips, where, max_caption_chars)
+        if text is None:
+            return None
+    else:
+        text = sample.get("txt", b"").decode("utf-8", errors="replace").strip()
     meta = None
     if "json" in sample:
         try:
@@ -320,21 +326,32 @@ def image_text_loader(
     seed: int = 0,
     resampled: bool = True,
     max_caption_chars: int = 8192,
+    require_caption: bool = True,
 ) -> ShardLoader:
     """Loader of {"image": (B,3,R,R) in [-1,1], "text", "key", "meta"} batches from image-text shards.
 
     `batches_per_epoch` defaults to one pass over the shards' samples per epoch across all ranks.
+    `resampled=False` reads the shards once (evaluation). Captions longer than
+    `max_caption_chars` are skipped and counted; `require_caption=False` reads images whatever
+    their captions (tokenizer training).
     """
-    urls = expand_shards(shards)
-    decode = partial(decode_image_text, resolution=resolution, max_caption_chars=max_caption_chars)
-    ds = ShardDataset(urls, decode, batch_size, shuffle_buffer=shuffle_buffer, seed=seed, resampled=resampled)
-    return ShardLoader(
-        ds, _epoch_batches(urls, batch_size, batches_per_epoch), num_workers, name="image-text"
+    decode = partial(
+        decode_image_text,
+        resolution=resolution,
+        max_caption_chars=max_caption_chars,
+        require_caption=require_caption,
     )
-
-
-def _is_text_file(name: str) -> bool:
-    return name.endswith(".txt")
+    return _loader(
+        shards,
+        decode,
+        "image-text",
+        batch_size,
+        num_workers,
+        batches_per_epoch,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
+        resampled=resampled,
+    )
 
 
 def text_loader(
@@ -349,15 +366,28 @@ def text_loader(
     max_caption_chars: int = 8192,
 ) -> ShardLoader:
     """Loader of {"text", "key"} batches from the `KEY.txt` files of shards (other files are not read)."""
-    urls = expand_shards(shards)
     decode = partial(decode_text, max_caption_chars=max_caption_chars)
-    ds = ShardDataset(
-        urls,
+    return _loader(
+        shards,
         decode,
+        "text",
         batch_size,
+        num_workers,
+        batches_per_epoch,
         shuffle_buffer=shuffle_buffer,
         seed=seed,
         resampled=resampled,
         select_files=_is_text_file,
     )
-    return ShardLoader(ds, _epoch_batches(urls, batch_size, batches_per_epoch), num_workers, name="text")
+
+
+def _is_text_file(name: str) -> bool:
+    return name.endswith(".txt")
+
+
+def _loader(
+    shards, decode, name, batch_size, num_workers, batches_per_epoch, **dataset_options
+) -> ShardLoader:
+    urls = expand_shards(shards)
+    ds = ShardDataset(urls, decode, batch_size, **dataset_options)
+    return ShardLoader(ds, _epoch_batches(urls, batch_size, batches_per_epoch), num_workers, name=name)

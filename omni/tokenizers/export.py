@@ -1,0 +1,95 @@
+"""The VQ release folder: `config.json` + `model.safetensors`, written atomically, loaded strictly.
+
+save_vq(model, "runs/shapes/vq")
+vq = load_vq("runs/shapes/vq")   # no Lightning, no pickle; a clear error for a bad folder
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from omni.atomic import write_file_atomically
+from omni.tokenizers.vqgan import VQConfig, VQModel
+
+FORMAT = "omni-vq"
+FORMAT_VERSION = 1
+
+
+class VQFolderError(ValueError):
+    """A VQ folder that cannot be loaded; the message names the file and the fix."""
+
+
+def save_vq(model: VQModel, folder: str | Path, extra: dict | None = None) -> Path:
+    """Write `folder/model.safetensors` then `folder/config.json`, each by atomic rename."""
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_file_atomically(
+        folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": FORMAT})
+    )
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vq": model.config.to_dict(),
+        **(extra or {}),
+    }
+    write_file_atomically(folder / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    return folder
+
+
+def read_vq_config(folder: str | Path) -> VQConfig:
+    """The `VQConfig` of a VQ folder, validated."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise VQFolderError(
+            f"{path} not found: a VQ folder holds config.json and model.safetensors "
+            f"(written by tokenizers/train_vq.py)"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as e:
+        raise VQFolderError(f"{path} is not valid JSON ({e}); re-export the tokenizer") from e
+    if not isinstance(config, dict) or config.get("format") != FORMAT or "vq" not in config:
+        raise VQFolderError(f"{path} is not an {FORMAT} config (missing 'format': '{FORMAT}' or 'vq')")
+    fields = set(VQConfig.__dataclass_fields__)
+    unknown = sorted(set(config["vq"]) - fields)
+    if unknown:
+        raise VQFolderError(f"{path}: unknown VQ config keys {unknown}; known keys are {sorted(fields)}")
+    try:
+        return VQConfig(**config["vq"])
+    except (TypeError, ValueError) as e:
+        raise VQFolderError(f"{path}: bad VQ config: {e}") from e
+
+
+def load_vq(folder: str | Path, device: str | torch.device = "cpu") -> VQModel:
+    """Build the VQ model of a folder and load its weights strictly, in eval mode."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VQFolderError(
+            f"VQ folder {folder} does not exist; train one with "
+            f"`python tokenizers/train_vq.py fit --config configs/shapes/vq.yaml`"
+        )
+    config = read_vq_config(folder)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise VQFolderError(f"{weights} not found; re-export the tokenizer")
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise VQFolderError(f"{weights} is unreadable or truncated ({e}); re-export or re-copy it") from e
+    model = VQModel(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad_shapes = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or bad_shapes:
+        raise VQFolderError(
+            f"{weights} does not match {folder / 'config.json'}: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, wrong shapes {bad_shapes[:5]}; the two files come from different models"
+        )
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()

@@ -1,0 +1,99 @@
+"""tokenizers/train_vq.py end to end on a few steps: checkpoints, export, load, evaluate, resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import REPO
+
+from omni.tokenizers import load_vq
+
+
+def _config(tmp_path, shapes_dir, **data_overrides) -> str:
+    cfg = yaml.safe_load((REPO / "configs/shapes/vq.yaml").read_text())
+    run = tmp_path / "run"
+    cfg["trainer"].update(
+        max_time=None,
+        max_steps=100,
+        val_check_interval=50,
+        limit_val_batches=1,
+        default_root_dir=str(run),
+        enable_progress_bar=False,
+    )
+    cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(run)
+    cfg["trainer"]["callbacks"][0]["init_args"].update(
+        dirpath=str(run / "checkpoints"), every_n_train_steps=50
+    )
+    cfg["model"]["vq"].update(channels=16, codebook_size=64, restart_every=10)
+    cfg["model"].update(export_dir=str(tmp_path / "vq"), warmup_steps=5)
+    cfg["data"].update(
+        train_shards=str(shapes_dir / "train-*.tar"),
+        val_shards=str(shapes_dir / "val-*.tar"),
+        batch_size=16,
+        batches_per_epoch=20,
+        **data_overrides,
+    )
+    path = tmp_path / "vq.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _train(config: str, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "tokenizers/train_vq.py"), "fit", "--config", config, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_train_export_evaluate_and_resume(tmp_path, shapes_dir, in_memory):
+    config = _config(tmp_path, shapes_dir, in_memory=in_memory)
+    res = _train(config)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "run/checkpoints/last.ckpt").is_file()
+    vq = load_vq(tmp_path / "vq")
+    assert vq.config.codebook_size == 64
+    assert json.loads((tmp_path / "vq/config.json").read_text())["trained_steps"] == 100
+    if not in_memory:
+        return
+    ev = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tokenizers/eval_vq.py"),
+            "--vq",
+            str(tmp_path / "vq"),
+            "--shards",
+            str(shapes_dir / "val-*.tar"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    report = json.loads(ev.stdout)
+    assert report["n"] == 50 and set(report) >= {"psnr", "ssim", "usage", "perplexity", "scene_accuracy"}
+    assert 0 <= report["usage"] <= 1 and 0 <= report["scene_accuracy"] <= 1 and report["psnr"] > 15
+    # Resume from the last checkpoint and train 10 more steps.
+    res = _train(
+        config, "--trainer.max_steps", "110", "--ckpt_path", str(tmp_path / "run/checkpoints/last.ckpt")
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((tmp_path / "vq/config.json").read_text())["trained_steps"] == 110
+
+
+def test_eval_vq_reports_a_bad_folder_clearly(tmp_path, shapes_dir):
+    ev = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tokenizers/eval_vq.py"),
+            "--vq",
+            str(tmp_path / "none"),
+            "--shards",
+            str(shapes_dir / "val-*.tar"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert ev.returncode == 2 and "does not exist" in ev.stderr and "Traceback" not in ev.stderr
