@@ -14,6 +14,25 @@ from omni.tokenizers.quantize import perplexity_from_counts
 from omni.tokenizers.vqgan import VQModel
 
 
+def scene_matches(images: torch.Tensor, scenes: list[dict]) -> list[bool]:
+    """Per image (B, 3, H, W) in [-1, 1]: does the shapes analyzer read it as its scene (KEY.json "scene")?"""
+    from omni.data.scenes import Scene
+    from omni.eval.shapes import find_objects, match_scene
+
+    u8 = (
+        images.detach()
+        .clamp(-1, 1)
+        .add(1)
+        .mul(127.5)
+        .round()
+        .to(torch.uint8)
+        .permute(0, 2, 3, 1)
+        .cpu()
+        .numpy()
+    )
+    return [bool(match_scene(Scene.from_dict(s), find_objects(img))) for s, img in zip(scenes, u8)]
+
+
 @torch.no_grad()
 def evaluate_vq(model: VQModel, shards: str, limit: int | None = None, batch_size: int = 256) -> dict:
     """Round-trip the images of shards through the tokenizer and report quality figures.
@@ -22,9 +41,6 @@ def evaluate_vq(model: VQModel, shards: str, limit: int | None = None, batch_siz
     exp(entropy) of their code histogram. On shapes data (KEY.json with a "scene"), the analyzer
     judges every reconstruction: `scene_accuracy` is the fraction that keeps its scene exactly.
     """
-    from omni.data.scenes import Scene
-    from omni.eval.shapes import find_objects, match_scene
-
     model.eval()
     res = model.config.resolution
     loader = image_text_loader(
@@ -53,11 +69,10 @@ def evaluate_vq(model: VQModel, shards: str, limit: int | None = None, batch_siz
         counts += torch.bincount(codes.flatten(), minlength=model.config.codebook_size)
         psnrs.append(psnr(rec, x))
         ssims.append(ssim(rec, x))
-        u8 = rec.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        for meta, img in zip(batch["meta"], u8):
-            if isinstance(meta, dict) and "scene" in meta:
-                scene = Scene.from_dict(meta["scene"])
-                scene_ok[len(scene.objects)].append(bool(match_scene(scene, find_objects(img))))
+        scenes = [m["scene"] for m in batch["meta"][: len(x)] if isinstance(m, dict) and "scene" in m]
+        if len(scenes) == len(x):
+            for scene, ok in zip(scenes, scene_matches(rec, scenes)):
+                scene_ok[len(scene["objects"])].append(ok)
         n += len(x)
         bar.update(len(x))
         if limit is not None and n >= limit:

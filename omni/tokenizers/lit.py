@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import lightning as L
 import torch
 
 from omni.data.loader import image_text_loader
+from omni.tokenizers.evaluate import scene_matches
 from omni.tokenizers.export import save_vq
 from omni.tokenizers.losses import (
     PatchDiscriminator,
@@ -77,6 +79,7 @@ class VQLitModule(L.LightningModule):
         self.vq = VQModel(vq or VQConfig())
         self.perceptual = make_perceptual(perceptual, perceptual_weights)
         self.discriminator = PatchDiscriminator(disc_channels, disc_layers) if disc_start >= 0 else None
+        self._fit_start: float | None = None
 
     # ------------------------------------------------------------------------------------------
     def _gan_active(self) -> bool:
@@ -149,15 +152,21 @@ class VQLitModule(L.LightningModule):
         q = self.vq.quantize(x)
         rec = self.vq.decoder(q.quantized)
         stats = code_statistics(q.codes, self.vq.config.codebook_size)
-        self.log_dict(
-            {
-                "val/psnr": psnr(rec, x).mean(),
-                "val/ssim": ssim(rec, x).mean(),
-                "val/usage": stats["usage"],
-                "val/perplexity": stats["perplexity"],
-            },
-            prog_bar=True,
-        )
+        metrics = {
+            "val/psnr": psnr(rec, x).mean(),
+            "val/ssim": ssim(rec, x).mean(),
+            "val/usage": stats["usage"],
+            "val/perplexity": stats["perplexity"],
+            "minutes": torch.tensor((time.monotonic() - self._fit_start) / 60 if self._fit_start else 0.0),
+        }
+        scenes = [m["scene"] for m in batch.get("meta", []) if isinstance(m, dict) and "scene" in m]
+        if len(scenes) == len(x):  # shapes data: does the round trip keep the scene?
+            matches = scene_matches(rec, scenes)
+            metrics["val/scene_accuracy"] = torch.tensor(sum(matches) / len(matches))
+        self.log_dict(metrics, prog_bar=True)
+
+    def on_fit_start(self) -> None:
+        self._fit_start = time.monotonic()
 
     def configure_optimizers(self):
         hp = self.hparams

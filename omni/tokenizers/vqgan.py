@@ -19,6 +19,7 @@ This module does encode / quantize / decode only; losses and the discriminator l
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -85,7 +86,7 @@ class VQConfig:
 PRESETS: dict[str, VQConfig] = {
     # 32 px shapes on a CPU: 8x8 codes.
     "shapes-32": VQConfig(
-        resolution=32, architecture="patch", downsample=4, channels=64, num_blocks=2, codebook_size=1024
+        resolution=32, architecture="patch", downsample=4, channels=48, num_blocks=2, codebook_size=1024
     ),
     # taming / LlamaGen shapes for 256 px: 16x16 and 32x32 codes.
     "f16-256": VQConfig(
@@ -114,7 +115,7 @@ PRESETS: dict[str, VQConfig] = {
 
 
 def _norm(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, c), c, eps=1e-6)
+    return nn.GroupNorm(math.gcd(32, c), c, eps=1e-6)  # 32 groups where the width allows
 
 
 class ResBlock(nn.Module):
@@ -200,6 +201,8 @@ class VQModel(nn.Module):
             config.codebook_size, config.code_dim, config.beta, config.restart_every, config.restart_threshold
         )
         self.decoder = make_decoder(config)
+        # channels_last runs these convolutions ~1.4x faster on a CPU (and suits cuDNN in bf16).
+        self.to(memory_format=torch.channels_last)
 
     def quantize(self, images: torch.Tensor) -> QuantizerOutput:
         """Images (B, 3, H, W) in [-1, 1] -> quantizer output on the (B, D, H/f, W/f) grid."""
@@ -208,7 +211,7 @@ class VQModel(nn.Module):
             raise ValueError(
                 f"expected images (B, 3, H, W) with H and W multiples of {f}, got {tuple(images.shape)}"
             )
-        return self.quantizer(self.encoder(images))
+        return self.quantizer(self.encoder(images.contiguous(memory_format=torch.channels_last)))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
         """Reconstruction and quantizer output (training)."""

@@ -1,0 +1,82 @@
+"""Code shards: image shards with each image replaced by its VQ codes (`KEY.codes.npy`).
+
+Each output sample keeps the input's `KEY.txt` and `KEY.json` and adds `KEY.codes.npy`, a
+(h, w) array of int16 codes (int32 when the codebook has more than 32,767 entries). Model
+training reads these and never runs the VQ encoder. A shard is written to a temporary name and
+renamed when complete, so an interrupted run resumes by skipping the shards that exist.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from omni.data.images import load_rgb, to_tensor
+from omni.data.loader import IMAGE_EXTENSIONS
+from omni.tokenizers.vqgan import VQModel
+
+
+def codes_to_npy(codes: np.ndarray, codebook_size: int) -> bytes:
+    """Serialise a code grid as .npy bytes in the smallest safe integer type."""
+    dtype = np.int16 if codebook_size <= np.iinfo(np.int16).max else np.int32
+    buf = io.BytesIO()
+    np.save(buf, codes.astype(dtype), allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_to_codes(data: bytes) -> np.ndarray:
+    """Inverse of `codes_to_npy` (never unpickles)."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+@torch.no_grad()
+def encode_shard(vq: VQModel, src: str, dst: str | Path, batch_size: int = 256, progress=None) -> Counter:
+    """Encode every image of shard `src` into code shard `dst`; returns counts (encoded, skipped: reason)."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    counts: Counter = Counter()
+    res, grid = vq.config.resolution, vq.config.grid
+    pending: list[tuple[dict, torch.Tensor]] = []
+
+    def flush(sink) -> None:
+        images = torch.stack([img for _, img in pending])
+        codes = vq.encode(images).view(-1, grid, grid).cpu().numpy()
+        for (sample, _), c in zip(pending, codes):
+            out = {"__key__": sample["__key__"], "codes.npy": codes_to_npy(c, vq.config.codebook_size)}
+            for ext in ("txt", "json"):
+                if ext in sample:
+                    out[ext] = sample[ext]
+            sink.write(out)
+        counts["encoded"] += len(pending)
+        if progress is not None:
+            progress.update(len(pending))
+        pending.clear()
+
+    def skip(exn: Exception) -> bool:
+        counts["skipped: unreadable shard data"] += 1
+        return True
+
+    with wds.TarWriter(str(tmp)) as sink:
+        for sample in wds.tarfile_samples([{"url": src}], handler=skip):
+            ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+            if ext is None:
+                counts["skipped: missing image"] += 1
+                continue
+            try:
+                image = to_tensor(load_rgb(sample[ext]), res)
+            except Exception:  # undecodable bytes must not stop a long encoding run
+                counts["skipped: undecodable image"] += 1
+                continue
+            pending.append((sample, image))
+            if len(pending) == batch_size:
+                flush(sink)
+        if pending:
+            flush(sink)
+    os.replace(tmp, dst)
+    return counts
