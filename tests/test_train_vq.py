@@ -51,13 +51,20 @@ def _train(config: str, *extra: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_train_export_evaluate_and_resume(tmp_path, shapes_dir, in_memory):
     config = _config(tmp_path, shapes_dir, in_memory=in_memory)
-    res = _train(config)
+    # The streaming run also exercises the GAN (from step 60, adaptive weight) and the SSIM loss.
+    gan = [] if in_memory else ["--model.disc_start", "60", "--model.perceptual", "ssim"]
+    res = _train(config, *gan)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "run/checkpoints/last.ckpt").is_file()
     vq = load_vq(tmp_path / "vq")
     assert vq.config.codebook_size == 64
     assert json.loads((tmp_path / "vq/config.json").read_text())["trained_steps"] == 100
     if not in_memory:
+        metrics = (tmp_path / "run/logs/version_0/metrics.csv").read_text().splitlines()
+        header = metrics[0].split(",")
+        d_col = header.index("train/d_loss")
+        d_losses = [line.split(",")[d_col] for line in metrics[1:] if line.split(",")[d_col]]
+        assert d_losses, "the discriminator never trained"
         return
     ev = subprocess.run(
         [
