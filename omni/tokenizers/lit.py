@@ -105,7 +105,7 @@ class VQLitModule(L.LightningModule):
             if hp.adaptive_disc_weight:
                 weight = weight * adaptive_gan_weight(rec_loss, g_loss, self._last_layer())
             loss = loss + weight * g_loss
-            self.log("train/g_loss", g_loss.detach())
+            self.log("train/g_loss", g_loss.detach(), batch_size=len(x))
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         self._clip(opt_g)
@@ -116,7 +116,7 @@ class VQLitModule(L.LightningModule):
             self.manual_backward(d_loss)
             self._clip(opt_d)
             opt_d.step()
-            self.log("train/d_loss", d_loss.detach())
+            self.log("train/d_loss", d_loss.detach(), batch_size=len(x))
         for scheduler in self._schedulers():
             scheduler.step()
         if not torch.isfinite(loss):
@@ -134,8 +134,9 @@ class VQLitModule(L.LightningModule):
                 "train/restarted": q.stats.get("restarted", torch.zeros(())),
             },
             prog_bar=False,
+            batch_size=len(x),
         )
-        self.log("psnr", psnr(rec.detach(), x).mean(), prog_bar=True)
+        self.log("psnr", psnr(rec.detach(), x).mean(), prog_bar=True, batch_size=len(x))
 
     def _schedulers(self) -> list:
         s = self.lr_schedulers()
@@ -163,7 +164,7 @@ class VQLitModule(L.LightningModule):
         if len(scenes) == len(x):  # shapes data: does the round trip keep the scene?
             matches = scene_matches(rec, scenes)
             metrics["val/scene_accuracy"] = torch.tensor(sum(matches) / len(matches))
-        self.log_dict(metrics, prog_bar=True)
+        self.log_dict(metrics, prog_bar=True, batch_size=len(x))
 
     def on_fit_start(self) -> None:
         self._fit_start = time.monotonic()
