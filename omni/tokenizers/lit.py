@@ -254,7 +254,8 @@ class ImageDataModule(L.LightningDataModule):
         if self._images is not None:
             n = len(self._images)
             per_epoch = hp.batches_per_epoch or math.ceil(n / hp.batch_size)
-            return InMemoryBatches(self._images, hp.batch_size, per_epoch, hp.seed)
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            return InMemoryBatches(self._images, hp.batch_size, per_epoch, hp.seed + rank)  # ranks draw apart
         return self._loader(hp.train_shards, True, hp.batch_size, hp.batches_per_epoch)
 
     def val_dataloader(self):
