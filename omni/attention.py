@@ -1,0 +1,184 @@
+"""Omni-attention: who may attend to whom, and the backends that compute it.
+
+A packed sequence holds documents; a document holds text and image blocks. The rules:
+
+* packed documents never see each other;
+* text is causal;
+* inside an image block attention is bidirectional (mask mode) or causal (ar mode), and an
+  image token also sees everything before its block;
+* text after an image sees the whole image.
+
+All of it is two per-position vectors: `doc` (document id; -1 for padding, which sees only
+itself) and `last` (the last key index a query may see). Query i may see key j exactly when
+`doc[i] == doc[j] and j <= last[i]`. Causal text has last[i] = i; a bidirectional image block
+[s, e) has last[i] = e - 1 for its tokens. Every backend derives its mask from these vectors:
+
+* `sdpa`: a dense boolean mask for `torch.nn.functional.scaled_dot_product_attention` (the
+  reference; any device);
+* `flex`: a `flex_attention` block mask built once per batch and shared by all layers (CUDA;
+  on a CPU flex_attention has no backward);
+* `xformers`: an additive bias for `xformers.ops.memory_efficient_attention` (CUDA only,
+  imported lazily so that CPU runs never load it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "sdpa", "flex", "xformers")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A span [start, end) of one packed sequence: a text run or an image block of one document."""
+
+    start: int
+    end: int
+    doc: int
+    image: bool = False
+    bidirectional: bool = True  # for image blocks: mask mode (True) or ar mode (False)
+
+
+@dataclass
+class Visibility:
+    """Per-position description of omni-attention for a batch: doc ids and last visible keys (B, T)."""
+
+    doc: torch.Tensor
+    last: torch.Tensor
+
+    def to(self, device) -> Visibility:
+        return Visibility(self.doc.to(device), self.last.to(device))
+
+    def dense_mask(self) -> torch.Tensor:
+        """(B, 1, T, T) boolean, True where query i may attend to key j."""
+        t = self.doc.shape[1]
+        j = torch.arange(t, device=self.doc.device)
+        same_doc = self.doc[:, :, None] == self.doc[:, None, :]
+        return (same_doc & (j[None, None, :] <= self.last[:, :, None]))[:, None]
+
+
+def build_visibility(segments: Sequence[Sequence[Segment]], length: int) -> Visibility:
+    """Visibility of a batch from each sequence's segments; uncovered positions are padding."""
+    b = len(segments)
+    pos = torch.arange(length)
+    doc = torch.full((b, length), -1, dtype=torch.long)
+    last = pos.repeat(b, 1)  # causal by default; padding sees only itself (doc -1 matches padding too)
+    for row, segs in enumerate(segments):
+        for s in segs:
+            if not 0 <= s.start < s.end <= length:
+                raise ValueError(f"segment [{s.start}, {s.end}) does not fit a sequence of length {length}")
+            if s.doc < 0:
+                raise ValueError(f"document ids are >= 0, got {s.doc}")
+            doc[row, s.start : s.end] = s.doc
+            if s.image and s.bidirectional:
+                last[row, s.start : s.end] = s.end - 1
+    # Padding positions share doc -1; keep them from seeing each other by giving each its own id.
+    pad = doc < 0
+    doc = torch.where(pad, -1 - pos.expand(b, length), doc)
+    return Visibility(doc, last)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backends
+
+
+def reference_attention(q, k, v, vis: Visibility) -> torch.Tensor:
+    """Naive softmax attention with the omni mask; (B, H, T, D) in and out. For tests."""
+    scores = (q @ k.transpose(-2, -1)) / q.shape[-1] ** 0.5
+    scores = scores.masked_fill(~vis.dense_mask(), float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def sdpa_attention(q, k, v, mask: torch.Tensor) -> torch.Tensor:
+    """scaled_dot_product_attention with a dense boolean mask (B, 1, T, T)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def flex_block_mask(vis: Visibility, heads: int | None = None):
+    """A flex_attention BlockMask for the batch (build once per forward, share across layers)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    doc, last = vis.doc, vis.last
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (doc[b, q_idx] == doc[b, kv_idx]) & (kv_idx <= last[b, q_idx])
+
+    b, t = doc.shape
+    return create_block_mask(mask_mod, b, heads, t, t, device=doc.device)
+
+
+_compiled_flex = None
+
+
+def flex_attention(q, k, v, block_mask) -> torch.Tensor:
+    """flex_attention with a prebuilt block mask; compiled into a fused kernel on CUDA."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention as _flex
+
+    if q.is_cuda:
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(_flex)
+        return _compiled_flex(q, k, v, block_mask=block_mask)
+    return _flex(q, k, v, block_mask=block_mask)  # CPU: the unfused path, forward only
+
+
+def xformers_bias(vis: Visibility, heads: int, dtype=torch.float32) -> torch.Tensor:
+    """Additive bias (B, H, T, T_pad)[..., :T] for xformers: 0 where visible, -inf elsewhere.
+
+    xformers wants the bias's last dimension allocated to a multiple of 8; the view keeps T.
+    """
+    mask = vis.dense_mask()
+    b, _, t, _ = mask.shape
+    padded = -(-t // 8) * 8
+    bias = torch.full((b, heads, t, padded), float("-inf"), dtype=dtype, device=mask.device)
+    bias[..., :t].masked_fill_(mask.expand(b, heads, t, t), 0.0)
+    return bias[..., :t]
+
+
+def xformers_attention(q, k, v, bias: torch.Tensor) -> torch.Tensor:
+    """memory_efficient_attention; q, k, v (B, H, T, D) as elsewhere (xformers wants B, T, H, D)."""
+    import xformers.ops as xops  # lazy: importing xformers on a CPU prints a warning
+
+    out = xops.memory_efficient_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias.to(q.dtype)
+    )
+    return out.transpose(1, 2)
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    """Backends that can train on `device`, fastest first."""
+    device = torch.device(device)
+    found = []
+    if device.type == "cuda":
+        try:
+            from torch.nn.attention.flex_attention import flex_attention as _  # noqa: F401
+
+            found.append("flex")
+        except ImportError:
+            pass
+        try:
+            import xformers.ops  # noqa: F401
+
+            found.append("xformers")
+        except ImportError:
+            pass
+    found.append("sdpa")
+    return found
+
+
+def resolve_backend(name: str, device: torch.device | str) -> str:
+    """`auto` -> the fastest available backend; a named one is checked to be usable here."""
+    if name not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
+    usable = available_backends(device)
+    if name == "auto":
+        return usable[0]
+    if name not in usable:
+        raise ValueError(
+            f"attention backend {name!r} is not usable on {device} (usable: {usable}); use 'sdpa' or 'auto'"
+        )
+    return name
