@@ -11,7 +11,7 @@ STAMP := $(VENV)/.omni-installed
 .PHONY: help demo test lint bench clean-data
 
 help:
-	@echo "make demo   set up .venv, then shapes data -> VQ tokenizer -> BPE -> code shards (~7 min)"
+	@echo "make demo   set up .venv, then shapes data -> VQ tokenizer -> BPE -> code shards (~6 min)"
 	@echo "make test   set up .venv, lint, run the test suite"
 	@echo "make bench  set up .venv, run the benchmarks in bench/"
 
