@@ -53,12 +53,17 @@ class Visibility:
     def to(self, device) -> Visibility:
         return Visibility(self.doc.to(device), self.last.to(device))
 
-    def dense_mask(self) -> torch.Tensor:
-        """(B, 1, T, T) boolean, True where query i may attend to key j."""
-        t = self.doc.shape[1]
-        j = torch.arange(t, device=self.doc.device)
-        same_doc = self.doc[:, :, None] == self.doc[:, None, :]
-        return (same_doc & (j[None, None, :] <= self.last[:, :, None]))[:, None]
+    def dense_mask(self, q_start: int = 0, q_end: int | None = None) -> torch.Tensor:
+        """(B, 1, Tq, Tk) boolean, True where query i may attend to key j.
+
+        Queries are positions [q_start, q_end) (default: all), keys [0, q_end): the rows a
+        KV-cached decoding step needs.
+        """
+        q_end = self.doc.shape[1] if q_end is None else q_end
+        j = torch.arange(q_end, device=self.doc.device)
+        doc_q, last_q = self.doc[:, q_start:q_end], self.last[:, q_start:q_end]
+        same_doc = doc_q[:, :, None] == self.doc[:, None, :q_end]
+        return (same_doc & (j[None, None, :] <= last_q[:, :, None]))[:, None]
 
 
 def build_visibility(segments: Sequence[Sequence[Segment]], length: int) -> Visibility:
@@ -119,11 +124,12 @@ def flex_attention(q, k, v, block_mask) -> torch.Tensor:
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention as _flex
 
+    gqa = k.shape[1] != q.shape[1]
     if q.is_cuda:
         if _compiled_flex is None:
             _compiled_flex = torch.compile(_flex)
-        return _compiled_flex(q, k, v, block_mask=block_mask)
-    return _flex(q, k, v, block_mask=block_mask)  # CPU: the unfused path, forward only
+        return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+    return _flex(q, k, v, block_mask=block_mask, enable_gqa=gqa)  # CPU: the unfused path, forward only
 
 
 def xformers_bias(vis: Visibility, heads: int, dtype=torch.float32) -> torch.Tensor:
@@ -147,6 +153,39 @@ def xformers_attention(q, k, v, bias: torch.Tensor) -> torch.Tensor:
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias.to(q.dtype)
     )
     return out.transpose(1, 2)
+
+
+class OmniMask:
+    """The omni mask prepared once per forward pass for one backend and shared by every layer.
+
+    A KV-cached step (queries [q_start, q_end) against keys [0, q_end)) always uses `sdpa`:
+    its mask is a few rows, and the fused kernels want square problems.
+    """
+
+    def __init__(self, vis: Visibility, backend: str, heads: int, q_start: int = 0, q_end: int | None = None):
+        full = q_start == 0 and (q_end is None or q_end == vis.doc.shape[1])
+        self.backend = backend if full else "sdpa"
+        if self.backend == "sdpa":
+            self.data = vis.dense_mask(q_start, q_end)
+        elif self.backend == "flex":
+            self.data = flex_block_mask(vis)
+        elif self.backend == "xformers":
+            self.data = xformers_bias(vis, heads)
+        else:
+            raise ValueError(f"unknown attention backend {backend!r}; resolve 'auto' with resolve_backend()")
+
+    def attend(self, q, k, v) -> torch.Tensor:
+        """Attention of q (B, H, Tq, D) over k, v (B, Hkv, Tk, D); Hkv may divide H (grouped queries)."""
+        if self.backend == "sdpa":
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=self.data, enable_gqa=k.shape[1] != q.shape[1]
+            )
+        if self.backend == "flex":
+            return flex_attention(q, k, v, self.data)
+        if k.shape[1] != q.shape[1]:
+            repeat = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(repeat, 1), v.repeat_interleave(repeat, 1)
+        return xformers_attention(q, k, v, self.data)
 
 
 def available_backends(device: torch.device | str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,33 @@ def shapes_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes")
     build(out, train=300, val=50, size=32, seed=0, per_shard=100, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def model_assets(shapes_dir, tmp_path_factory):
+    """What model training reads: a BPE tokenizer.json, a (small, untrained) VQ folder and code
+    shards of `shapes_dir` encoded with it (train-00000{0,1,2}.tar, val-000000.tar)."""
+    from types import SimpleNamespace
+
+    import webdataset as wds
+
+    from omni.tokenizers import VQConfig, VQModel, save_vq
+    from omni.tokenizers.codes import encode_shard
+    from omni.tokenizers.text import TextTokenizer, train_bpe
+
+    out = tmp_path_factory.mktemp("model_assets")
+    texts = []
+    for shard in sorted(shapes_dir.glob("train-*.tar")):
+        for sample in wds.WebDataset(str(shard), shardshuffle=False):
+            texts.append(sample["txt"].decode())
+            texts += [p["question"] + " " + p["answer"] for p in json.loads(sample["json"])["qa"]]
+    TextTokenizer(train_bpe(texts, vocab_size=300)).save(out / "tokenizer.json")
+    torch.manual_seed(0)
+    vq = VQModel(VQConfig.from_name("shapes-32", channels=16, codebook_size=64)).eval()
+    save_vq(vq, out / "vq")
+    codes = out / "codes"
+    codes.mkdir()
+    for shard in sorted(shapes_dir.glob("*.tar")):
+        encode_shard(vq, str(shard), codes / shard.name)
+    (codes / "codes_info.json").write_text(json.dumps({"codebook_size": 64, "grid": 8}))
+    return SimpleNamespace(root=out, tokenizer=out / "tokenizer.json", vq=out / "vq", codes=codes)

@@ -92,7 +92,8 @@ class SkipCounter:
 # Per-sample decoding: return None to skip (after counting why)
 
 
-def _caption(sample: dict, skips: SkipCounter, where: str, max_chars: int) -> str | None:
+def checked_caption(sample: dict, skips: SkipCounter, where: str, max_chars: int) -> str | None:
+    """The sample's KEY.txt as stripped UTF-8, or None (counted) when missing, empty, undecodable or over-long."""
     raw = sample.get("txt")
     if raw is None:
         skips.skip("missing caption", where, "no .txt file")
@@ -128,7 +129,7 @@ def decode_image_text(
         )
         return None
     if require_caption:
-        text = _caption(sample, skips, where, max_caption_chars)
+        text = checked_caption(sample, skips, where, max_caption_chars)
         if text is None:
             return None
     else:
@@ -151,7 +152,7 @@ def decode_image_text(
 def decode_text(sample: dict, skips: SkipCounter, max_caption_chars: int) -> dict | None:
     """Raw sample -> {"text", "key"}, or None if it is bad."""
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-    text = _caption(sample, skips, where, max_caption_chars)
+    text = checked_caption(sample, skips, where, max_caption_chars)
     return None if text is None else {"text": text, "key": sample["__key__"]}
 
 
@@ -202,11 +203,14 @@ class ShardDataset(IterableDataset):
         seed: int = 0,
         resampled: bool = True,
         select_files: Callable[[str], bool] | None = None,
+        batch_stage: Callable[[Iterator[dict], SkipCounter, str], Iterator[dict]] | None = None,
     ):
+        """`batch_stage(samples, skips, seed)` replaces plain batching (e.g. packing into sequences)."""
         super().__init__()
         self.urls, self.decode, self.batch_size = urls, decode, batch_size
         self.shuffle_buffer, self.seed, self.resampled = shuffle_buffer, seed, resampled
         self.select_files = select_files
+        self.batch_stage = batch_stage
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -223,13 +227,14 @@ class ShardDataset(IterableDataset):
             wds.tarfile_to_samples(handler=skips.tar_error, select_files=self.select_files),
             partial(take_own_share, n_urls=len(self.urls)),
         ]
+        seed = f"{self.seed}/{self.epoch}/{slot}"
         if self.shuffle_buffer > 1:
-            seed = f"{self.seed}/{self.epoch}/{slot}"
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, seed=seed))
-        stages += [
-            partial(_decode_stage, decode=self.decode, skips=skips),
-            partial(_batch_stage, batch_size=self.batch_size, skips=skips),
-        ]
+        stages.append(partial(_decode_stage, decode=self.decode, skips=skips))
+        if self.batch_stage is None:
+            stages.append(partial(_batch_stage, batch_size=self.batch_size, skips=skips))
+        else:
+            stages.append(partial(self.batch_stage, skips=skips, seed=seed))
         return iter(wds.DataPipeline(*stages))
 
 

@@ -1,0 +1,242 @@
+"""The release format of a trained model: a folder that other code loads with one call.
+
+    runs/shapes/model/
+        config.json          model config, vocabulary layout, generation defaults
+        model.safetensors    weights (above `max_shard_bytes`: model-0000k-of-0000n.safetensors
+                             plus model.safetensors.index.json, the Hugging Face layout)
+        tokenizer.json       the text tokenizer
+        vq/                  the VQ tokenizer's folder (config.json + model.safetensors)
+
+`save_pretrained` writes the whole folder beside its destination and swaps it in with renames,
+so a reader (or a crash) never meets a half-written release. `load_model` builds the model on
+the meta device and loads the weights strictly; nothing is unpickled, and a bad folder is a
+`ModelFolderError` naming the file and the fix. Lightning `.ckpt` files are for resuming only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from omni.model import ModelConfig, Transformer
+from omni.vocab import Vocab, VocabError
+
+FORMAT = "omni-model"
+FORMAT_VERSION = 1
+INDEX = "model.safetensors.index.json"
+MAX_SHARD_BYTES = 2 * 1024**3
+
+
+class ModelFolderError(ValueError):
+    """A model folder that cannot be loaded; the message names the file and the fix."""
+
+
+def replace_folder(tmp: Path, dst: Path) -> None:
+    """Move the finished folder `tmp` to `dst`, replacing any old one by two renames.
+
+    Between the renames (a crash window of microseconds) `dst` is absent and the old release
+    waits in `.{name}.old`; `load_model` points there if it ever finds that state.
+    """
+    old = dst.with_name(f".{dst.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        os.rename(dst, old)
+    os.rename(tmp, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    shards, current, size = [], {}, 0
+    for name, t in state.items():
+        n = t.numel() * t.element_size()
+        if current and size + n > max_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name], size = t, size + n
+    return [*shards, current]
+
+
+def save_pretrained(
+    folder: str | Path,
+    state: dict[str, torch.Tensor],
+    config: ModelConfig,
+    vocab: Vocab,
+    tokenizer: str | Path,
+    vq: str | Path,
+    generation: dict | None = None,
+    extra: dict | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> Path:
+    """Write a release folder for a model's `state` (a state dict), its tokenizer.json and VQ folder."""
+    folder, tokenizer, vq = Path(folder), Path(tokenizer), Path(vq)
+    for path, what in (
+        (tokenizer, "text tokenizer"),
+        (vq / "config.json", "VQ config"),
+        (vq / "model.safetensors", "VQ weights"),
+    ):
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} {path} not found; the release folder needs it")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        shards = _shards(state, max_shard_bytes)
+        if len(shards) == 1:
+            save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards, 1):
+                name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, str(tmp / name), metadata={"format": FORMAT})
+                weight_map.update(dict.fromkeys(shard, name))
+            total = sum(t.numel() * t.element_size() for t in state.values())
+            index = {"metadata": {"total_size": total, "format": FORMAT}, "weight_map": weight_map}
+            (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+        (tmp / "vq").mkdir()
+        for name in ("config.json", "model.safetensors"):
+            shutil.copyfile(vq / name, tmp / "vq" / name)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": config.to_dict(),
+            "vocab": vocab.to_dict(),
+            "generation": generation or {},
+            **(extra or {}),
+        }
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for path in tmp.rglob("*"):  # everything on disk before the swap makes it visible
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+        replace_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_config(folder: str | Path) -> dict:
+    """config.json of a model folder, checked: {"model": ModelConfig, "vocab": Vocab, "generation": dict, ...}."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        old = folder.with_name(f".{folder.name}.old")
+        hint = (
+            f"; {old} holds the previous release left by an interrupted save: rename it to {folder}"
+            if old.is_dir()
+            else "; train one with `python train.py fit --config configs/shapes/model.yaml`"
+        )
+        raise ModelFolderError(f"model folder {folder} does not exist{hint}")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelFolderError(f"{path} not found: is {folder} an Omni model folder (written by train.py)?")
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as e:
+        raise ModelFolderError(f"{path} is not valid JSON ({e}); re-export the model") from e
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise ModelFolderError(f'{path} is not an {FORMAT} config (expected "format": "{FORMAT}")')
+    for key in ("model", "vocab"):
+        if not isinstance(raw.get(key), dict):
+            raise ModelFolderError(f"{path} lacks the {key!r} section; re-export the model")
+    for name, value in raw["model"].items():
+        default = getattr(ModelConfig, name, None)  # unknown keys are reported by from_dict below
+        if (
+            default is not None
+            and not isinstance(value, type(default))
+            and not (isinstance(default, float) and isinstance(value, int))
+        ):
+            raise ModelFolderError(
+                f"{path}: model.{name} should be {type(default).__name__}, got {value!r}; fix the value"
+            )
+    try:
+        config = ModelConfig.from_dict(raw["model"])
+    except (TypeError, ValueError) as e:
+        raise ModelFolderError(f"{path}: bad model config: {e}; fix or remove the offending key") from e
+    try:
+        vocab = Vocab.from_dict(raw["vocab"])
+    except VocabError as e:
+        raise ModelFolderError(f"{path}: {e}") from e
+    if vocab.size != config.vocab_size:
+        raise ModelFolderError(
+            f"{path}: model.vocab_size {config.vocab_size} disagrees with the vocabulary layout ({vocab.size} ids)"
+        )
+    return {**raw, "model": config, "vocab": vocab, "generation": raw.get("generation", {})}
+
+
+def _weight_files(folder: Path) -> dict[str, Path]:
+    """Tensor name -> file that holds it, for single-file and sharded folders."""
+    single, index = folder / "model.safetensors", folder / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelFolderError(
+                f"{index} is not a valid safetensors index ({e}); re-export the model"
+            ) from e
+        files = {name: folder / f for name, f in weight_map.items()}
+        for f in sorted(set(files.values())):
+            if not f.is_file():
+                raise ModelFolderError(f"{f} (listed in {index}) not found; re-copy the whole model folder")
+        return files
+    if not single.is_file():
+        raise ModelFolderError(f"{single} not found; re-export the model or re-copy the folder")
+    return {}  # read the names from the single file
+
+
+def load_state(folder: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Every tensor of a model folder (single or sharded safetensors), never unpickling."""
+    folder = Path(folder)
+    files = _weight_files(folder)
+    by_file: dict[Path, list[str] | None] = {}
+    if files:
+        for name, f in files.items():
+            by_file.setdefault(f, []).append(name)
+    else:
+        by_file[folder / "model.safetensors"] = None
+    state = {}
+    for f, names in by_file.items():
+        try:
+            with safe_open(str(f), framework="pt", device=str(device)) as fh:
+                for name in names if names is not None else fh.keys():
+                    state[name] = fh.get_tensor(name)
+        except (SafetensorError, OSError) as e:
+            raise ModelFolderError(f"{f} is unreadable or truncated ({e}); re-export or re-copy it") from e
+    return state
+
+
+def load_model(
+    folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> Transformer:
+    """The Transformer of a model folder: built on the meta device, loaded strictly, in eval mode."""
+    folder = Path(folder)
+    config = read_config(folder)["model"]
+    state = load_state(folder, device)
+    with torch.device("meta"):
+        model = Transformer(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad_shapes = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or bad_shapes:
+        raise ModelFolderError(
+            f"the weights in {folder} do not match {folder / 'config.json'}: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, wrong shapes {bad_shapes[:5]}; the files come from different models, re-export"
+        )
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()

@@ -1,0 +1,332 @@
+"""Training documents from code shards: text-to-image, captioning, VQA and text-only LM, packed.
+
+Each sample of a code shard (`KEY.codes.npy`, `KEY.txt`, `KEY.json` with QA pairs) becomes one
+document of one task, drawn by the configured mixing ratios:
+
+    t2i  <t2i> <bos> caption <eos> <boi> image <eoi>     loss on the image tokens
+    mmu  <mmu> <boi> image <eoi> <bos> caption <eos>     loss on the caption (and its eos)
+    vqa  <vqa> <boi> image <eoi> <bos> question <sep> answer <eos>   loss on the answer (and eos)
+    lm   <lm> <bos> text <eos>                           loss on the text (and eos)
+
+Image tokens follow the model's generation mode. In `mask` mode the image block is
+bidirectional; for t2i a cosine-sampled fraction of its codes is replaced by <mask> and the
+loss is on those positions (target: the code itself). In `ar` mode the block is causal and
+every position predicts the next token. A t2i caption is dropped with probability
+`caption_dropout`, which teaches the unconditional model that classifier-free guidance needs.
+
+Documents are packed greedily into rows of `seq_len` tokens; each row carries the tokens,
+targets (IGNORE where there is no loss), rotary positions (restarting at 0 in each document),
+the omni-attention vectors (doc, last) and the task of each target.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from omni.attention import Segment, build_visibility
+from omni.data.loader import checked_caption
+from omni.model import IGNORE
+from omni.tokenizers.codes import npy_to_codes
+from omni.vocab import Vocab
+
+TASKS = ("t2i", "mmu", "vqa", "lm")
+
+
+@dataclass
+class Document:
+    """One training document: tokens with aligned targets, and where its image block is."""
+
+    task: str
+    tokens: list[int]
+    targets: list[int]
+    image: tuple[int, int] | None = None  # [start, end) of the image codes within the document
+    key: str = ""
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def next_token_targets(tokens: Sequence[int], loss_from: int, loss_to: int) -> list[int]:
+    """Targets where positions [loss_from - 1, loss_to - 1) predict tokens [loss_from, loss_to)."""
+    targets = [IGNORE] * len(tokens)
+    for i in range(loss_from, loss_to):
+        targets[i - 1] = tokens[i]
+    return targets
+
+
+def cosine_mask_count(n: int, rng: random.Random) -> int:
+    """How many of n image tokens to mask: n * cos(pi/2 * u), u ~ U[0, 1), at least 1 (MaskGIT)."""
+    return max(1, math.ceil(n * math.cos(math.pi / 2 * rng.random())))
+
+
+@dataclass
+class TaskBuilder:
+    """Turns decoded code-shard samples into documents of each task."""
+
+    vocab: Vocab
+    tokenizer: object  # omni.tokenizers.text.TextTokenizer (anything with .encode(str) -> list[int])
+    image_generation: str = "mask"
+    caption_dropout: float = 0.1
+
+    def __post_init__(self):
+        s = self.vocab.special
+        self.ids = {
+            name: s(name) for name in ("bos", "eos", "boi", "eoi", "mask", "t2i", "mmu", "vqa", "lm", "sep")
+        }
+
+    def _image(self, codes) -> list[int]:
+        return [self.vocab.image_offset + int(c) for c in codes]
+
+    def t2i(self, codes, caption: str, rng: random.Random, key: str = "") -> Document:
+        i = self.ids
+        text = [] if rng.random() < self.caption_dropout else self.tokenizer.encode(caption)
+        image = self._image(codes)
+        start = 3 + len(text) + 1  # <t2i> <bos> text <eos> <boi>
+        tokens = [i["t2i"], i["bos"], *text, i["eos"], i["boi"], *image, i["eoi"]]
+        end = start + len(image)
+        if self.image_generation == "mask":
+            targets = [IGNORE] * len(tokens)
+            for p in rng.sample(range(start, end), cosine_mask_count(len(image), rng)):
+                targets[p], tokens[p] = tokens[p], i["mask"]
+        else:
+            targets = next_token_targets(tokens, start, end)
+        return Document("t2i", tokens, targets, (start, end), key)
+
+    def _image_prefix(self, task: str, codes) -> tuple[list[int], tuple[int, int]]:
+        image = self._image(codes)
+        return [self.ids[task], self.ids["boi"], *image, self.ids["eoi"]], (2, 2 + len(image))
+
+    def mmu(self, codes, caption: str, rng: random.Random | None = None, key: str = "") -> Document:
+        prefix, block = self._image_prefix("mmu", codes)
+        tokens = [*prefix, self.ids["bos"], *self.tokenizer.encode(caption), self.ids["eos"]]
+        return Document("mmu", tokens, next_token_targets(tokens, len(prefix) + 1, len(tokens)), block, key)
+
+    def vqa(
+        self, codes, question: str, answer: str, rng: random.Random | None = None, key: str = ""
+    ) -> Document:
+        prefix, block = self._image_prefix("vqa", codes)
+        asked = [*prefix, self.ids["bos"], *self.tokenizer.encode(question), self.ids["sep"]]
+        tokens = [*asked, *self.tokenizer.encode(answer), self.ids["eos"]]
+        return Document("vqa", tokens, next_token_targets(tokens, len(asked), len(tokens)), block, key)
+
+    def lm(self, text: str, rng: random.Random | None = None, key: str = "") -> Document:
+        tokens = [self.ids["lm"], self.ids["bos"], *self.tokenizer.encode(text), self.ids["eos"]]
+        return Document("lm", tokens, next_token_targets(tokens, 2, len(tokens)), None, key)
+
+    def build(self, sample: dict, task: str, rng: random.Random) -> Document | None:
+        """The document of `task` for a decoded sample; None when the sample has no data for it."""
+        key = sample["key"]
+        if task == "t2i":
+            return self.t2i(sample["codes"], sample["text"], rng, key)
+        if task == "mmu":
+            return self.mmu(sample["codes"], sample["text"], rng, key)
+        if task == "lm":
+            return self.lm(sample["text"], rng, key)
+        if task == "vqa":
+            if not sample["qa"]:
+                return None
+            pair = rng.choice(sample["qa"])
+            return self.vqa(sample["codes"], pair["question"], pair["answer"], rng, key)
+        raise ValueError(f"unknown task {task!r}; tasks: {TASKS}")
+
+
+def decode_code_sample(sample: dict, skips, max_caption_chars: int = 8192) -> dict | None:
+    """Raw code-shard sample -> {"codes", "text", "qa", "key"}, or None (counted) when unusable."""
+    where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+    raw = sample.get("codes.npy")
+    if raw is None:
+        skips.skip(
+            "missing codes", where, "no .codes.npy file: is this a code shard? (tokenizers/encode_shards.py)"
+        )
+        return None
+    try:
+        codes = npy_to_codes(raw).reshape(-1)
+    except Exception as e:  # numpy raises several kinds for bad bytes
+        skips.skip("undecodable codes", where, str(e))
+        return None
+    text = checked_caption(sample, skips, where, max_caption_chars)
+    if text is None:
+        return None
+    qa = []
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+            qa = [p for p in meta.get("qa", []) if p.get("question") and p.get("answer")]
+        except (ValueError, AttributeError) as e:
+            skips.skip("unreadable json", where, str(e))  # counted; the sample still serves t2i/mmu/lm
+    return {"codes": codes, "text": text, "qa": qa, "key": sample.get("__key__", "")}
+
+
+@dataclass
+class Packer:
+    """Packs documents greedily into rows of `seq_len` and stacks rows into batches."""
+
+    seq_len: int
+    batch_size: int
+    pad_id: int
+    bidirectional_images: bool
+    rows: list[list[Document]] = field(default_factory=list)
+    current: list[Document] = field(default_factory=list)
+    used: int = 0
+
+    def add(self, doc: Document) -> list[dict]:
+        """Add a document; returns the batches that became complete (zero or one)."""
+        if self.used + len(doc) > self.seq_len:
+            self.rows.append(self.current)
+            self.current, self.used = [], 0
+        self.current.append(doc)
+        self.used += len(doc)
+        if len(self.rows) == self.batch_size:
+            batch, self.rows = self.collate(self.rows), []
+            return [batch]
+        return []
+
+    def flush(self) -> list[dict]:
+        """The last, possibly short, batch."""
+        if self.current:
+            self.rows.append(self.current)
+            self.current, self.used = [], 0
+        batch, self.rows = (self.collate(self.rows) if self.rows else None), []
+        return [batch] if batch else []
+
+    def collate(self, rows: list[list[Document]]) -> dict:
+        b, t = len(rows), self.seq_len
+        tokens = torch.full((b, t), self.pad_id, dtype=torch.long)
+        targets = torch.full((b, t), IGNORE, dtype=torch.long)
+        positions = torch.zeros((b, t), dtype=torch.long)
+        task = torch.full((b, t), -1, dtype=torch.long)
+        segments, keys = [], []
+        for r, docs in enumerate(rows):
+            segs, offset = [], 0
+            for d, doc in enumerate(docs):
+                n = len(doc)
+                tokens[r, offset : offset + n] = torch.tensor(doc.tokens)
+                tgt = torch.tensor(doc.targets)
+                targets[r, offset : offset + n] = tgt
+                positions[r, offset : offset + n] = torch.arange(n)
+                task[r, offset : offset + n][tgt != IGNORE] = TASKS.index(doc.task)
+                if doc.image is None:
+                    segs.append(Segment(offset, offset + n, d))
+                else:
+                    s, e = doc.image
+                    segs.append(Segment(offset, offset + s, d))
+                    segs.append(
+                        Segment(
+                            offset + s, offset + e, d, image=True, bidirectional=self.bidirectional_images
+                        )
+                    )
+                    if e < n:
+                        segs.append(Segment(offset + e, offset + n, d))
+                keys.append(doc.key)
+                offset += n
+            segments.append(segs)
+        vis = build_visibility(segments, t)
+        return {
+            "tokens": tokens,
+            "targets": targets,
+            "positions": positions,
+            "doc": vis.doc,
+            "last": vis.last,
+            "task": task,
+            "keys": keys,
+        }
+
+
+def pack_stage(
+    src: Iterator[dict],
+    skips,
+    seed: str,
+    *,
+    builder: TaskBuilder,
+    ratios: dict[str, float],
+    seq_len: int,
+    batch_size: int,
+    every_task: bool = False,
+) -> Iterator[dict]:
+    """Pipeline stage: decoded samples -> documents (task drawn by `ratios`) -> packed batches.
+
+    With `every_task`, each sample yields one document of every task with a non-zero ratio
+    (validation: every task measured on the same images). Batches carry the skip counts.
+    """
+    rng = random.Random(seed)
+    tasks = [t for t in TASKS if ratios.get(t, 0) > 0]
+    weights = [ratios[t] for t in tasks]
+    packer = Packer(seq_len, batch_size, builder.vocab.special("pad"), builder.image_generation == "mask")
+    codebook_size = builder.vocab.codebook_size
+    for sample in src:
+        codes = sample["codes"]
+        if codes.size == 0 or codes.min() < 0 or codes.max() >= codebook_size:
+            skips.skip(
+                "codes out of range",
+                sample["key"],
+                f"codes must lie in [0, {codebook_size}): were these shards encoded with another VQ? re-encode them",
+            )
+            continue
+        chosen = tasks if every_task else rng.choices(tasks, weights)
+        for task in chosen:
+            doc = builder.build(sample, task, rng)
+            if doc is None:
+                skips.skip(f"no data for task {task}", sample["key"], "no question-answer pairs in KEY.json")
+                continue
+            if len(doc) > seq_len:
+                skips.skip("over-long document", sample["key"], f"{len(doc)} tokens > seq_len {seq_len}")
+                continue
+            for batch in packer.add(doc):
+                yield {**batch, "skipped": skips.drain()}
+    for batch in packer.flush():
+        yield {**batch, "skipped": skips.drain()}
+
+
+def task_loader(
+    shards: str | list[str],
+    builder: TaskBuilder,
+    *,
+    ratios: dict[str, float],
+    seq_len: int,
+    batch_size: int,
+    batches_per_epoch: int,
+    num_workers: int = 0,
+    seed: int = 0,
+    resampled: bool = True,
+    shuffle_buffer: int = 1000,
+    every_task: bool = False,
+    max_caption_chars: int = 8192,
+):
+    """Loader of packed batches (see `Packer.collate`) from code shards.
+
+    Endless and split by node and worker like every Omni loader (`omni.data.loader`); every rank
+    yields `batches_per_epoch` batches per epoch. `resampled=False` reads the shards once.
+    """
+    from functools import partial
+
+    from omni.data.loader import ShardDataset, ShardLoader
+    from omni.data.shards import expand_shards
+
+    unknown = sorted(set(ratios) - set(TASKS))
+    if unknown or not any(v > 0 for v in ratios.values()) or any(v < 0 for v in ratios.values()):
+        raise ValueError(f"task ratios must be >= 0 over {TASKS} with at least one > 0, got {ratios}")
+    stage = partial(
+        pack_stage,
+        builder=builder,
+        ratios=ratios,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        every_task=every_task,
+    )
+    decode = partial(decode_code_sample, max_caption_chars=max_caption_chars)
+    ds = ShardDataset(
+        expand_shards(shards),
+        decode,
+        batch_size,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
+        resampled=resampled,
+        batch_stage=stage,
+    )
+    return ShardLoader(ds, batches_per_epoch, num_workers, name="code shards")

@@ -1,0 +1,384 @@
+"""Lightning training of the unified Transformer: the module (losses, optimiser, EMA, release
+export) and the data module (task mixing and packing over code shards).
+
+The module wraps a plain `omni.model.Transformer`; which task a token belongs to comes with the
+batch (see `omni.data.tasks`), so per-task losses, weights and accuracies live here and the
+model never slices a batch by task. At every checkpoint and at the end of training the model is
+exported as a release folder (`omni.checkpoint`) to `export_dir`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Timer
+
+from omni.attention import Visibility
+from omni.checkpoint import save_pretrained
+from omni.data.tasks import TASKS, TaskBuilder, task_loader
+from omni.model import IGNORE, ModelConfig, Transformer, token_losses
+from omni.tokenizers.export import read_vq_config
+from omni.tokenizers.text import TextTokenizer
+from omni.vocab import Vocab
+
+log = logging.getLogger("omni")
+
+GENERATION_DEFAULTS = {
+    "mask_steps": 12,  # parallel decoding steps of mask-mode image generation
+    "guidance_scale": 2.0,  # classifier-free guidance
+    "temperature": 1.0,
+    "top_k": 0,
+    "max_new_tokens": 48,  # text decoding
+}
+
+
+class OmniLitModule(L.LightningModule):
+    """Trains the unified Transformer on packed multi-task batches.
+
+    Args:
+        transformer: architecture (`omni.model.ModelConfig`); vocab_size 0 takes it from the vocabulary.
+        vocab: the unified vocabulary (linked from the data module by train.py).
+        tokenizer: path of the text tokenizer.json (linked from the data module; copied into releases).
+        vq: path of the VQ folder (linked from the data module; copied into releases).
+        lr: peak learning rate (AdamW).
+        min_lr_ratio: the cosine schedule ends at lr * min_lr_ratio.
+        warmup_steps: linear warm-up from 0.
+        decay_steps: length of the cosine decay in steps; 0 follows the trainer's max_steps, or
+            else its max_time (the schedule then runs on wall time, which survives resuming).
+        weight_decay: AdamW weight decay on matrices (not on norms).
+        betas: AdamW betas.
+        task_weights: loss weight per task (t2i, mmu, vqa, lm); the loss is the weighted sum of
+            each task's mean token loss.
+        ema_decay: keep an exponential moving average of the weights with this decay and
+            export it (0 disables; not with FSDP).
+        activation_checkpointing: recompute each block's activations in the backward pass.
+        compile: torch.compile each Transformer block.
+        export_dir: where the release folder is written (None: not exported).
+        generation: generation defaults written into the release's config.json.
+    """
+
+    def __init__(
+        self,
+        transformer: ModelConfig = ModelConfig(),  # noqa: B008 (a frozen-by-convention default)
+        vocab: Vocab | None = None,
+        tokenizer: str | None = None,
+        vq: str | None = None,
+        lr: float = 3e-3,
+        min_lr_ratio: float = 0.1,
+        warmup_steps: int = 100,
+        decay_steps: int = 0,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        task_weights: dict[str, float] | None = None,
+        ema_decay: float = 0.0,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+        export_dir: str | None = None,
+        generation: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["vocab"])
+        if vocab is None:
+            raise ValueError("OmniLitModule needs the vocabulary (train.py links it from the data module)")
+        config = transformer or ModelConfig()
+        if config.vocab_size == 0:
+            config = dataclasses.replace(config, vocab_size=vocab.size)
+        elif config.vocab_size != vocab.size:
+            raise ValueError(
+                f"transformer.vocab_size {config.vocab_size} disagrees with the vocabulary of the data "
+                f"({vocab.size} ids: {vocab.text_size} text + specials + {vocab.codebook_size} codes); set it to 0"
+            )
+        self.config, self.vocab = config, vocab
+        self.task_weights = {t: 1.0 for t in TASKS} | (task_weights or {})
+        unknown = sorted(set(self.task_weights) - set(TASKS))
+        if unknown:
+            raise ValueError(f"task_weights has unknown tasks {unknown}; tasks are {TASKS}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.model = Transformer(config)
+        self.ema = None
+        if ema_decay > 0:
+            self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+
+    # ------------------------------------------------------------------------------------------
+    # Setup
+
+    def configure_model(self) -> None:
+        if self.hparams.activation_checkpointing:
+            self.model.activation_checkpointing = True
+        if self.hparams.compile:
+            for block in self.model.blocks:
+                block.compile()
+
+    def setup(self, stage: str) -> None:
+        if self.ema is not None and "FSDP" in type(self.trainer.strategy).__name__:
+            raise ValueError(
+                "ema_decay > 0 is not supported with FSDP (the average would be of shards); set it to 0"
+            )
+
+    def configure_optimizers(self):
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas), fused=fused)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        if gradient_clip_val and "FSDP" in type(self.trainer.strategy).__name__:
+            # Lightning's FSDP precision plugin cannot clip by norm; the FSDP root module can.
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    # ------------------------------------------------------------------------------------------
+    # The schedule: warm-up, then cosine over steps or over the run's time budget
+
+    def _timer(self) -> Timer | None:
+        return next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+
+    def train_minutes(self) -> float:
+        timer = self._timer()
+        return (timer.time_elapsed("train") if timer else 0.0) / 60
+
+    def progress(self) -> float:
+        """Fraction of the run done, for the cosine decay (0..1)."""
+        step, h = self.global_step, self.hparams
+        if h.decay_steps > 0:
+            return min(1.0, step / h.decay_steps)
+        if self.trainer.max_steps and self.trainer.max_steps > 0:
+            return min(1.0, step / self.trainer.max_steps)
+        timer = self._timer()
+        if timer is not None and timer.time_remaining("train") is not None:
+            elapsed = timer.time_elapsed("train")
+            return min(1.0, elapsed / max(elapsed + timer.time_remaining("train"), 1e-9))
+        return 0.0
+
+    def lr_factor(self) -> float:
+        h = self.hparams
+        if self.global_step < h.warmup_steps:
+            return (self.global_step + 1) / h.warmup_steps
+        cosine = 0.5 * (1 + math.cos(math.pi * self.progress()))
+        return h.min_lr_ratio + (1 - h.min_lr_ratio) * cosine
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        lr = self.hparams.lr * self.lr_factor()
+        for group in self.optimizers().param_groups:
+            group["lr"] = lr
+
+    # ------------------------------------------------------------------------------------------
+    # Steps
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        vis = Visibility(batch["doc"], batch["last"])
+        logits = self.model(batch["tokens"], vis, positions=batch["positions"])
+        targets = batch["targets"]
+        losses = token_losses(logits, targets)
+        task = batch["task"][targets != IGNORE]
+        total = self.config.z_loss * losses.lse_sq.mean() if self.config.z_loss else logits.new_zeros(())
+        for i, name in enumerate(TASKS):
+            selected = task == i
+            n = int(selected.sum())
+            if n == 0:
+                continue
+            loss = losses.ce[selected].mean()
+            total = total + self.task_weights[name] * loss
+            self.log(f"{stage}/{name}_loss", loss, batch_size=n, sync_dist=stage == "val")
+            self.log(
+                f"{stage}/{name}_acc",
+                losses.correct[selected].float().mean(),
+                batch_size=n,
+                sync_dist=stage == "val",
+            )
+        tokens = batch["tokens"].numel()
+        self.log(f"{stage}/loss", total, prog_bar=True, batch_size=tokens, sync_dist=stage == "val")
+        return total
+
+    def training_step(self, batch, batch_idx):
+        loss = self._step(batch, "train")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at step {self.global_step}; lower the learning rate or enable "
+                f"qk_norm / z_loss, and resume from the last checkpoint (--ckpt_path last)"
+            )
+        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=1)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None:
+            d = self.hparams.ema_decay
+            ema, live = list(self.ema.parameters()), list(self.model.parameters())
+            torch._foreach_lerp_(ema, [p.detach() for p in live], 1 - d)
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("minutes", self.train_minutes(), sync_dist=False)
+
+    # ------------------------------------------------------------------------------------------
+    # Release folder
+
+    def _full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The (EMA) weights on every rank's call; under FSDP this gathers the shards (collective)."""
+        if "FSDP" in type(self.trainer.strategy).__name__:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            # Gather from the wrapped root (this LightningModule) and keep the Transformer's entries.
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            full = get_model_state_dict(self.trainer.strategy.model, options=options)
+            return {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
+        source = self.ema if self.ema is not None else self.model
+        return source.state_dict()
+
+    def export(self) -> None:
+        h = self.hparams
+        if not h.export_dir:
+            return
+        state = self._full_state_dict()
+        if self.trainer.is_global_zero:
+            save_pretrained(
+                h.export_dir,
+                state,
+                self.config,
+                self.vocab,
+                h.tokenizer,
+                h.vq,
+                generation={"image_generation": self.config.image_generation}
+                | GENERATION_DEFAULTS
+                | (h.generation or {}),
+                extra={
+                    "trained_steps": int(self.global_step),
+                    "trained_minutes": round(self.train_minutes(), 2),
+                },
+            )
+
+    def on_save_checkpoint(self, checkpoint) -> None:
+        checkpoint["omni_vocab"] = self.vocab.to_dict()
+        self.export()
+
+    def on_train_end(self) -> None:
+        self.export()
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            log.warning("exported the model to %s", self.hparams.export_dir)
+
+
+class OmniDataModule(L.LightningDataModule):
+    """Packed multi-task batches from code shards (see omni.data.tasks).
+
+    Args:
+        train_shards: code shards (brace pattern or glob), written by tokenizers/encode_shards.py.
+        val_shards: held-out code shards (None: no validation).
+        tokenizer: text tokenizer.json (tokenizers/train_text.py).
+        vq: the VQ folder the shards were encoded with (its codebook size sets the vocabulary).
+        seq_len: packed row length in tokens.
+        batch_size: rows per batch (per device).
+        batches_per_epoch: batches per epoch and rank (the stream is endless).
+        val_batches: validation batches (each sample yields one document of every task).
+        ratios: task mixing ratios over t2i, mmu, vqa, lm.
+        caption_dropout: probability of an empty t2i caption (for classifier-free guidance).
+        image_generation: mask or ar (train.py links it from model.transformer.image_generation).
+        num_workers: loader worker processes.
+        shuffle_buffer: samples in the shuffle buffer.
+        seed: data order and task/mask sampling seed.
+        max_caption_chars: longer captions are skipped and counted.
+    """
+
+    def __init__(
+        self,
+        train_shards: str,
+        tokenizer: str,
+        vq: str,
+        val_shards: str | None = None,
+        seq_len: int = 256,
+        batch_size: int = 16,
+        batches_per_epoch: int = 1000,
+        val_batches: int = 8,
+        ratios: dict[str, float] | None = None,
+        caption_dropout: float = 0.1,
+        image_generation: str = "mask",
+        num_workers: int = 0,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        max_caption_chars: int = 2048,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if not 0.0 <= caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
+        self.text_tokenizer = TextTokenizer.from_file(tokenizer)
+        codebook_size = read_vq_config(vq).codebook_size
+        self._check_shards_match(train_shards, vq, codebook_size)
+        self.vocab = Vocab.build(self.text_tokenizer, codebook_size)
+        self.ratios = ratios or {"t2i": 0.4, "mmu": 0.3, "vqa": 0.2, "lm": 0.1}
+        self.train_loader = self.val_loader = None
+
+    @staticmethod
+    def _check_shards_match(pattern: str, vq: str, codebook_size: int) -> None:
+        """Refuse code shards encoded with a codebook of another size (codes_info.json beside them)."""
+        info = Path(pattern).parent / "codes_info.json"
+        if not info.is_file():
+            return
+        try:
+            theirs = json.loads(info.read_text()).get("codebook_size")
+        except ValueError:
+            return
+        if theirs is not None and theirs != codebook_size:
+            raise ValueError(
+                f"{info} says the shards were encoded with {theirs} codes but the VQ folder {vq} has "
+                f"{codebook_size}; re-encode with tokenizers/encode_shards.py --vq {vq}"
+            )
+
+    def builder(self) -> TaskBuilder:
+        h = self.hparams
+        return TaskBuilder(self.vocab, self.text_tokenizer, h.image_generation, h.caption_dropout)
+
+    def _loader(self, shards: str, train: bool):
+        h = self.hparams
+        rank = self.trainer.global_rank if self.trainer else 0
+        return task_loader(
+            shards,
+            self.builder()
+            if train
+            else TaskBuilder(self.vocab, self.text_tokenizer, h.image_generation, 0.0),
+            ratios=self.ratios,
+            seq_len=h.seq_len,
+            batch_size=h.batch_size,
+            batches_per_epoch=h.batches_per_epoch if train else h.val_batches,
+            num_workers=h.num_workers,
+            seed=h.seed if train else h.seed + 1000 * rank + 1,
+            resampled=train,
+            shuffle_buffer=h.shuffle_buffer if train else 0,
+            every_task=not train,
+            max_caption_chars=h.max_caption_chars,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        lit = self.trainer.lightning_module if self.trainer else None
+        if lit is not None and self.hparams.seq_len > lit.config.max_seq_len:
+            raise ValueError(
+                f"data.seq_len {self.hparams.seq_len} exceeds model.transformer.max_seq_len {lit.config.max_seq_len}"
+            )
+
+    def train_dataloader(self):
+        if self.train_loader is None:
+            self.train_loader = self._loader(self.hparams.train_shards, train=True)
+        # Resuming at epoch e must not replay epoch 0's order.
+        self.train_loader.set_epoch(self.trainer.current_epoch if self.trainer else 0)
+        return self.train_loader
+
+    def val_dataloader(self):
+        if not self.hparams.val_shards:
+            return []
+        return self._loader(self.hparams.val_shards, train=False)

@@ -1,0 +1,345 @@
+"""The unified Transformer: one decoder over text tokens and VQ image codes.
+
+Llama-style (RMSNorm, rotary positions, SwiGLU, optional grouped-query attention) with
+Chameleon's stabilisers available as options (QK-norm, z-loss). Attention follows the
+omni-attention rules of `omni.attention`: the caller passes per-position document ids and
+last-visible-key indices, so text is causal, image blocks are bidirectional (mask mode) or
+causal (ar mode), and packed documents are isolated.
+
+    config = ModelConfig.from_name("shapes", vocab_size=vocab.size)
+    model = Transformer(config)
+    logits = model(tokens, vis)                        # (B, T, V)
+    logits, loss = model(tokens, vis, targets=targets) # targets -100 where there is no loss
+
+Targets are aligned with positions (position i predicts targets[i]); the data layer decides
+whether that is the next token (text, ar images) or the token itself (masked image tokens).
+This module imports nothing from Lightning or the data code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from omni.attention import BACKENDS, OmniMask, Visibility, resolve_backend
+
+IGNORE = -100  # target value of positions without a loss
+GENERATION_MODES = ("mask", "ar")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the unified Transformer (every field is also a training-config key)."""
+
+    vocab_size: int = 0
+    """Ids the model reads and writes; 0 means: take it from the vocabulary when training starts."""
+    dim: int = 256
+    """Width of the residual stream."""
+    n_layers: int = 6
+    """Number of Transformer blocks."""
+    n_heads: int = 4
+    """Query heads; dim must be divisible by it."""
+    n_kv_heads: int = 0
+    """Key/value heads for grouped-query attention (0: as many as n_heads)."""
+    hidden_dim: int = 0
+    """SwiGLU hidden width (0: 8/3 of dim, rounded up to a multiple of 64)."""
+    max_seq_len: int = 256
+    """Longest sequence (positions are rotary, so this only bounds caches and checks inputs)."""
+    rope_base: float = 10000.0
+    """Base of the rotary position frequencies."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    qk_norm: bool = False
+    """RMS-normalise queries and keys per head before attention (Chameleon's stabiliser)."""
+    z_loss: float = 0.0
+    """Weight of the z-loss, mean squared log-partition of the output (Chameleon uses 1e-5)."""
+    image_generation: str = "mask"
+    """How images are generated: `mask` (MaskGIT/Show-o: bidirectional image block, masked-token
+    loss) or `ar` (Chameleon/LlamaGen: raster order, causal, next-token loss)."""
+    attention: str = "auto"
+    """Attention backend: auto, sdpa, flex or xformers (see omni.attention)."""
+    init_std: float = 0.02
+    """Standard deviation of the initial weights."""
+
+    def __post_init__(self):
+        # Fields keep 0 for "derived" (kv_heads, ffn_dim), so a config written from defaults
+        # still derives them after dim or n_heads change.
+        problems = []
+        if self.dim % self.n_heads:
+            problems.append(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        elif (self.dim // self.n_heads) % 2:
+            problems.append(f"head size {self.dim // self.n_heads} must be even for rotary positions")
+        if self.n_kv_heads < 0 or self.n_heads % self.kv_heads:
+            problems.append(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
+        if self.image_generation not in GENERATION_MODES:
+            problems.append(
+                f"image_generation must be one of {GENERATION_MODES}, got {self.image_generation!r}"
+            )
+        if self.attention not in BACKENDS:
+            problems.append(f"attention must be one of {BACKENDS}, got {self.attention!r}")
+        if min(self.vocab_size, self.n_layers - 1, self.max_seq_len - 1) < 0:
+            problems.append("vocab_size >= 0, n_layers >= 1 and max_seq_len >= 1 are required")
+        if problems:
+            raise ValueError("bad model config: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.hidden_dim or 64 * math.ceil(8 * self.dim / 3 / 64)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> ModelConfig:
+        """A named preset (see `PRESETS`), with fields overridden by keyword."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; presets: {sorted(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known keys are {sorted(known)}")
+        return cls(**data)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # tests: a few thousand parameters per block
+    "tiny": ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256),
+    # the CPU demo on shapes code shards
+    "shapes": ModelConfig(dim=256, n_layers=6, n_heads=4, max_seq_len=256),
+    # GPU runs (parameter counts exclude the embeddings, whose size depends on the vocabulary)
+    "100m": ModelConfig(dim=768, n_layers=12, n_heads=12, max_seq_len=4096, qk_norm=True, z_loss=1e-5),
+    "300m": ModelConfig(
+        dim=1024, n_layers=24, n_heads=16, n_kv_heads=8, max_seq_len=4096, qk_norm=True, z_loss=1e-5
+    ),
+    "1b": ModelConfig(
+        dim=2048, n_layers=18, n_heads=16, n_kv_heads=8, max_seq_len=4096, qk_norm=True, z_loss=1e-5
+    ),
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The weight in the activations' dtype keeps bf16 autocast on the fused kernel.
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (B, T, 1, head_dim/2) for integer positions (B, T); computed in fp32."""
+    inv_freq = base ** -(
+        torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
+    )
+    angles = positions.float()[..., None] * inv_freq  # (B, T, D/2)
+    return angles.cos()[:, :, None], angles.sin()[:, :, None]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, T, H, D) by the position angles (halves layout)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+
+
+class KVCache:
+    """Keys and values of past positions for incremental decoding, all layers in two tensors."""
+
+    def __init__(self, config: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (config.n_layers, batch, config.kv_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+
+    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, Hkv, T, D) at [start, start+T); return the keys and values of [0, start+T)."""
+        end = start + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; asked to write up to {end}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        self.wqkv = nn.Linear(
+            config.dim, (config.n_heads + 2 * config.kv_heads) * config.head_dim, bias=False
+        )
+        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        self.q_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
+
+    def forward(self, x, rope, mask: OmniMask, cache: KVCache | None, start: int) -> torch.Tensor:
+        b, t, _ = x.shape  # (B, T, C)
+        q, k, v = self.wqkv(x).split(
+            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim],
+            -1,
+        )
+        q = q.view(b, t, self.n_heads, self.head_dim)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        if cache is not None:
+            k, v = cache.update(self.layer, start, k, v)
+        y = mask.attend(q, k, v)  # (B, H, T, D)
+        return self.wo(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.w13 = nn.Linear(config.dim, 2 * config.ffn_dim, bias=False)  # gate and up in one matmul
+        self.w2 = nn.Linear(config.ffn_dim, config.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """One pre-norm Transformer block (the unit of FSDP wrapping and activation checkpointing)."""
+
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config, layer)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.ffn = FeedForward(config)
+
+    def forward(self, x, rope, mask: OmniMask, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), rope, mask, cache, start)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    """Decoder-only Transformer over the unified vocabulary."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size < 1:
+            raise ValueError("ModelConfig.vocab_size is 0: set it from the vocabulary (Vocab.size) first")
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.dim)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.activation_checkpointing = False
+        self._backend: str | None = None
+        if self.embedding.weight.device.type != "meta":
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights; residual projections scaled by 1/sqrt(2 n_layers) (GPT-2)."""
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)  # norm weights
+            elif name.endswith(("wo.weight", "w2.weight")):
+                nn.init.normal_(p, std=std / math.sqrt(2 * self.config.n_layers))
+            else:
+                nn.init.normal_(p, std=std)
+
+    def num_params(self, embedding: bool = False) -> int:
+        """Parameter count; without the input embedding (a lookup, not a matmul) by default."""
+        n = sum(p.numel() for p in self.parameters())
+        return n if embedding else n - self.embedding.weight.numel()
+
+    def backend(self, device) -> str:
+        if self._backend is None:
+            backend = resolve_backend(self.config.attention, device)
+            if backend == "flex" and self.config.head_dim < 16:
+                if self.config.attention == "flex":
+                    raise ValueError(
+                        f"flex attention needs a head size of at least 16, got {self.config.head_dim}"
+                    )
+                backend = "sdpa"  # auto: flex's fused kernel does not take heads this small
+            self._backend = backend
+        return self._backend
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        vis: Visibility | None = None,
+        targets: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        start: int = 0,
+    ):
+        """Logits (B, T, V) for `tokens` (B, T) at sequence positions [start, start+T).
+
+        `vis` describes the whole sequence (at least start+T positions; default: one causal
+        document). `positions` are rotary positions (B, T) (default start..start+T). With a
+        `cache`, keys and values of [start, start+T) are stored and [0, start) are read from it.
+        With `targets`, returns (logits, loss).
+        """
+        b, t = tokens.shape
+        if start + t > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {start + t} positions exceeds max_seq_len {self.config.max_seq_len}"
+            )
+        if vis is None:
+            pos = torch.arange(start + t, device=tokens.device).expand(b, -1)
+            vis = Visibility(torch.zeros_like(pos), pos)
+        if positions is None:
+            positions = torch.arange(start, start + t, device=tokens.device).expand(b, -1)
+        mask = OmniMask(vis, self.backend(tokens.device), self.config.n_heads, q_start=start, q_end=start + t)
+        rope = rotary_tables(positions, self.config.head_dim, self.config.rope_base)
+        x = self.embedding(tokens)  # (B, T, C)
+        for block in self.blocks:
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, rope, mask, cache, start, use_reentrant=False)
+            else:
+                x = block(x, rope, mask, cache, start)
+        logits = self.output(self.norm(x))  # (B, T, V)
+        if targets is None:
+            return logits
+        losses = token_losses(logits, targets)
+        if losses.ce.numel() == 0:
+            return logits, logits.sum() * 0.0
+        return logits, losses.ce.mean() + self.config.z_loss * losses.lse_sq.mean()
+
+
+class TokenLosses(NamedTuple):
+    """Per-target-position values, 1-D in row-major order over positions whose target is not IGNORE."""
+
+    ce: torch.Tensor  # cross-entropy (fp32)
+    lse_sq: torch.Tensor  # squared log-partition, for the z-loss (fp32)
+    correct: torch.Tensor  # argmax == target (bool)
+
+
+def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> TokenLosses:
+    """Cross-entropy, squared log-partition and argmax accuracy where a target is set."""
+    keep = targets != IGNORE
+    selected = logits[keep].float()  # (N, V)
+    wanted = targets[keep]
+    lse = selected.logsumexp(-1)
+    ce = lse - selected.gather(-1, wanted[:, None]).squeeze(-1)
+    return TokenLosses(ce, lse.square(), selected.argmax(-1) == wanted)

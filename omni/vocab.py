@@ -1,0 +1,158 @@
+"""The unified vocabulary: text BPE ids, special tokens, then VQ image codes, in one id space.
+
+    vocab = Vocab.build(text_tokenizer, codebook_size=1024)
+    vocab.special("boi")           # id of <|boi|>
+    vocab.image_ids(codes)         # VQ codes -> model ids
+    vocab.codes(ids)               # model ids -> VQ codes
+    vocab.to_dict() / Vocab.from_dict(d)   # the layout as written into a model's config.json
+
+Layout: ids `[0, text_size)` are the text tokenizer's own (our BPE reserves the special tokens
+at its first ids, so they are used where they are); special tokens the tokenizer lacks are
+appended after it; the `codebook_size` image codes follow from `image_offset`. Every other
+module asks this object for ids: nothing else hard-codes one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+# Short names of the special tokens and their strings (the strings match omni.tokenizers.text).
+SPECIALS: dict[str, str] = {
+    "pad": "<|pad|>",
+    "bos": "<|bos|>",
+    "eos": "<|eos|>",
+    "boi": "<|boi|>",  # begin of image
+    "eoi": "<|eoi|>",  # end of image
+    "mask": "<|mask|>",  # a masked image token (mask-mode generation)
+    "t2i": "<|t2i|>",  # task: text to image
+    "mmu": "<|mmu|>",  # task: image understanding (captioning)
+    "vqa": "<|vqa|>",  # task: question answering about an image
+    "lm": "<|lm|>",  # task: text only
+    "sep": "<|sep|>",  # between a question and its answer
+}
+
+
+class VocabError(ValueError):
+    """A vocabulary that does not fit the tokenizers or the model it is combined with."""
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Where every kind of id lives in the unified id space."""
+
+    text_size: int  # ids [0, text_size) belong to the text tokenizer
+    codebook_size: int  # image codes occupy [image_offset, image_offset + codebook_size)
+    image_offset: int
+    special_ids: dict[str, int] = field(default_factory=dict)  # short name -> id
+
+    def __post_init__(self):
+        missing = sorted(set(SPECIALS) - set(self.special_ids))
+        if missing:
+            raise VocabError(f"vocabulary lacks special tokens {missing}")
+        if self.text_size < 1 or self.codebook_size < 1:
+            raise VocabError(
+                f"text_size and codebook_size must be >= 1, got {self.text_size}, {self.codebook_size}"
+            )
+        if self.image_offset < self.text_size:
+            raise VocabError(f"image_offset {self.image_offset} overlaps the text ids [0, {self.text_size})")
+        ids = list(self.special_ids.values())
+        if len(set(ids)) != len(ids) or any(not 0 <= i < self.image_offset for i in ids):
+            raise VocabError(f"special ids must be distinct and below image_offset: {self.special_ids}")
+
+    @classmethod
+    def build(cls, text_tokenizer, codebook_size: int) -> Vocab:
+        """Lay out the vocabulary of a `TextTokenizer` (or any HF-wrapping object) and a VQ codebook."""
+        text_size = text_tokenizer.vocab_size
+        present = text_tokenizer.special_ids()  # token string -> id
+        special_ids, nxt = {}, text_size
+        for name, token in SPECIALS.items():
+            if token in present:
+                special_ids[name] = present[token]
+            else:
+                special_ids[name], nxt = nxt, nxt + 1
+        return cls(text_size, codebook_size, nxt, special_ids)
+
+    @property
+    def size(self) -> int:
+        """Number of ids the model's embedding and output layer need."""
+        return self.image_offset + self.codebook_size
+
+    def special(self, name: str) -> int:
+        try:
+            return self.special_ids[name]
+        except KeyError:
+            raise KeyError(f"no special token {name!r}; known: {sorted(self.special_ids)}") from None
+
+    def image_ids(self, codes):
+        """VQ codes (ints, array or tensor) -> unified ids."""
+        return codes + self.image_offset
+
+    def codes(self, ids):
+        """Unified ids of image tokens -> VQ codes."""
+        return ids - self.image_offset
+
+    def is_image(self, ids: torch.Tensor) -> torch.Tensor:
+        return (ids >= self.image_offset) & (ids < self.size)
+
+    def is_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """Plain text ids (the tokenizer's own, special tokens excluded)."""
+        specials = torch.tensor(sorted(self.special_ids.values()), device=ids.device)
+        return (ids < self.text_size) & ~torch.isin(ids, specials)
+
+    def text_id_mask(self, device=None) -> torch.Tensor:
+        """(size,) bool, True for ids that may appear in generated text (plain text and eos)."""
+        allowed = torch.zeros(self.size, dtype=torch.bool, device=device)
+        allowed[: self.text_size] = True
+        allowed[list(self.special_ids.values())] = False
+        allowed[self.special("eos")] = True
+        return allowed
+
+    def image_id_mask(self, device=None) -> torch.Tensor:
+        """(size,) bool, True for image-code ids."""
+        allowed = torch.zeros(self.size, dtype=torch.bool, device=device)
+        allowed[self.image_offset :] = True
+        return allowed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Vocab:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise VocabError(f"unknown vocabulary keys {unknown}; known keys are {sorted(known)}")
+        try:
+            return cls(**{**data, "special_ids": {k: int(v) for k, v in data.get("special_ids", {}).items()}})
+        except TypeError as e:
+            raise VocabError(f"bad vocabulary layout: {e}") from e
+
+    def check(
+        self,
+        text_tokenizer=None,
+        codebook_size: int | None = None,
+        *,
+        text_name="text tokenizer",
+        vq_name="VQ",
+    ) -> None:
+        """Refuse a text tokenizer or a VQ codebook that disagrees with this layout, naming both."""
+        if text_tokenizer is not None:
+            if text_tokenizer.vocab_size != self.text_size:
+                raise VocabError(
+                    f"{text_name} has {text_tokenizer.vocab_size} tokens but the model's vocabulary was "
+                    f"laid out for {self.text_size}; use the tokenizer.json the model was trained with"
+                )
+            for name, token in SPECIALS.items():
+                i = text_tokenizer.special_ids().get(token)
+                if i is not None and i != self.special_ids[name]:
+                    raise VocabError(
+                        f"{text_name} puts {token} at id {i} but the model's vocabulary has it at "
+                        f"{self.special_ids[name]}; use the tokenizer.json the model was trained with"
+                    )
+        if codebook_size is not None and codebook_size != self.codebook_size:
+            raise VocabError(
+                f"{vq_name} has {codebook_size} codes but the model's vocabulary was laid out for "
+                f"{self.codebook_size}; use the VQ the model was trained with (or re-encode the shards)"
+            )

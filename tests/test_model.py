@@ -1,0 +1,155 @@
+"""The Transformer: config checks, both generation modes learn, KV-cache decoding, options."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from omni.attention import Visibility
+from omni.data.tasks import Packer, TaskBuilder
+from omni.model import PRESETS, KVCache, ModelConfig, Transformer, token_losses
+from omni.tokenizers.text import TextTokenizer
+from omni.vocab import Vocab
+
+
+def test_config_validation_and_presets():
+    with pytest.raises(ValueError, match="not divisible by n_heads"):
+        ModelConfig(dim=100, n_heads=3)
+    with pytest.raises(ValueError, match="image_generation"):
+        ModelConfig(image_generation="diffusion")
+    with pytest.raises(ValueError, match="unknown model preset"):
+        ModelConfig.from_name("7b")
+    with pytest.raises(ValueError, match="vocab_size is 0"):
+        Transformer(ModelConfig())
+    counts = {}
+    for name in PRESETS:
+        vocab_size = 1024 if name in ("tiny", "shapes") else 32768
+        with torch.device("meta"):  # no memory: the 1B preset is only counted
+            counts[name] = Transformer(ModelConfig.from_name(name, vocab_size=vocab_size)).num_params(
+                embedding=True
+            )
+    assert counts["tiny"] < 1e6 < counts["shapes"] < 1e7
+    assert 0.9e8 < counts["100m"] < 1.5e8 and 0.8e9 < counts["1b"] < 1.3e9
+
+
+def tiny_batch(model_assets, mode: str, seed: int = 0):
+    tok = TextTokenizer.from_file(model_assets.tokenizer)
+    vocab = Vocab.build(tok, codebook_size=64)
+    b = TaskBuilder(vocab, tok, mode, caption_dropout=0.0)
+    rng = random.Random(seed)
+    captions = ["a red circle", "a blue square on the left", "a green triangle above a red circle"]
+    docs = []
+    for i, caption in enumerate(captions):
+        codes = [(7 * i + j) % 64 for j in range(16)]
+        docs += [b.t2i(codes, caption, rng), b.mmu(codes, caption)]
+    packer = Packer(
+        seq_len=96, batch_size=8, pad_id=vocab.special("pad"), bidirectional_images=mode == "mask"
+    )
+    batches = [x for d in docs for x in packer.add(d)] + packer.flush()
+    return vocab, batches[0]
+
+
+@pytest.mark.parametrize("mode", ["mask", "ar"])
+def test_loss_falls_on_a_tiny_batch(model_assets, mode):
+    torch.manual_seed(0)
+    vocab, batch = tiny_batch(model_assets, mode)
+    model = Transformer(
+        ModelConfig.from_name("tiny", vocab_size=vocab.size, image_generation=mode, qk_norm=True, z_loss=1e-4)
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    vis = Visibility(batch["doc"], batch["last"])
+    losses = []
+    for _ in range(40):
+        _, loss = model(batch["tokens"], vis, targets=batch["targets"], positions=batch["positions"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::8]
+
+
+def test_kv_cache_decoding_equals_the_full_forward(model_assets):
+    """ar mode: prefill a packed prefix, then one token at a time; logits match a full pass."""
+    torch.manual_seed(0)
+    vocab, batch = tiny_batch(model_assets, "ar")
+    config = ModelConfig.from_name("tiny", vocab_size=vocab.size, image_generation="ar")  # GQA: 4 heads, 2 kv
+    model = Transformer(config).eval()
+    tokens, positions = batch["tokens"][:2], batch["positions"][:2]
+    vis = Visibility(batch["doc"][:2], batch["last"][:2])
+    with torch.no_grad():
+        full = model(tokens, vis, positions=positions)
+        cache = KVCache(config, batch=2, max_len=tokens.shape[1])
+        prefix = 30
+        steps = [model(tokens[:, :prefix], vis, positions=positions[:, :prefix], cache=cache, start=0)]
+        for i in range(prefix, tokens.shape[1]):
+            steps.append(
+                model(tokens[:, i : i + 1], vis, positions=positions[:, i : i + 1], cache=cache, start=i)
+            )
+    incremental = torch.cat(steps, dim=1)
+    assert torch.allclose(incremental, full, atol=1e-4), (incremental - full).abs().max()
+    with pytest.raises(ValueError, match="KV cache holds"):
+        model(tokens[:, :4], vis, cache=KVCache(config, 2, 8), start=6)
+
+
+def test_activation_checkpointing_gives_the_same_gradients(model_assets):
+    torch.manual_seed(0)
+    vocab, batch = tiny_batch(model_assets, "mask")
+    model = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size))
+    vis = Visibility(batch["doc"], batch["last"])
+    grads = []
+    for flag in (False, True):
+        model.zero_grad()
+        model.activation_checkpointing = flag
+        model(batch["tokens"], vis, targets=batch["targets"], positions=batch["positions"])[1].backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_token_losses_match_cross_entropy():
+    logits = torch.randn(2, 5, 11)
+    targets = torch.tensor([[1, -100, 3, 4, -100], [-100, -100, 0, 10, 2]])
+    out = token_losses(logits, targets)
+    keep = targets != -100
+    expected = torch.nn.functional.cross_entropy(logits[keep], targets[keep], reduction="none")
+    assert torch.allclose(out.ce, expected, atol=1e-5)
+    assert torch.equal(out.correct, logits[keep].argmax(-1) == targets[keep])
+    assert torch.allclose(out.lse_sq, logits[keep].logsumexp(-1) ** 2)
+
+
+@pytest.mark.cuda
+def test_gpu_backends_agree_in_the_model_and_bf16_trains(model_assets):
+    """flex (and xformers where installed) vs sdpa through the whole model, forward and backward."""
+    from omni.attention import available_backends
+
+    torch.manual_seed(0)
+    vocab, batch = tiny_batch(model_assets, "mask")
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+    vis = Visibility(batch["doc"], batch["last"])
+    reference = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size, attention="sdpa")).cuda()
+    _, loss = reference(batch["tokens"], vis, targets=batch["targets"], positions=batch["positions"])
+    loss.backward()
+    for backend in available_backends("cuda"):
+        if backend == "sdpa":
+            continue
+        other = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size, attention=backend)).cuda()
+        other.load_state_dict(reference.state_dict())
+        _, loss2 = other(batch["tokens"], vis, targets=batch["targets"], positions=batch["positions"])
+        loss2.backward()
+        assert torch.allclose(loss, loss2, atol=1e-4), backend
+        for (name, a), b in zip(reference.named_parameters(), other.parameters()):
+            assert torch.allclose(a.grad, b.grad, atol=1e-4, rtol=1e-3), (backend, name)
+    model = Transformer(
+        ModelConfig.from_name("tiny", vocab_size=vocab.size, qk_norm=True, z_loss=1e-4)
+    ).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, fused=True)
+    losses = []
+    for _ in range(30):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = model(batch["tokens"], vis, targets=batch["targets"], positions=batch["positions"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses[::6]

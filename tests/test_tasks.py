@@ -1,0 +1,160 @@
+"""Task documents (t2i, mmu, vqa, lm) in mask and ar mode, packing, and the code-shard loader."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from omni.attention import Visibility
+from omni.data.tasks import TASKS, Packer, TaskBuilder, cosine_mask_count, task_loader
+from omni.model import IGNORE
+from omni.tokenizers.text import TextTokenizer
+from omni.vocab import Vocab
+
+
+@pytest.fixture(scope="module")
+def parts(model_assets):
+    tok = TextTokenizer.from_file(model_assets.tokenizer)
+    return tok, Vocab.build(tok, codebook_size=64)
+
+
+CODES = list(range(10, 26))  # a 4x4 "image"
+
+
+def test_t2i_in_mask_mode_masks_codes_and_targets_them(parts):
+    tok, vocab = parts
+    b = TaskBuilder(vocab, tok, "mask", caption_dropout=0.0)
+    doc = b.t2i(CODES, "a red circle", random.Random(0))
+    s, e = doc.image
+    caption = tok.encode("a red circle")
+    assert doc.tokens[:2] == [vocab.special("t2i"), vocab.special("bos")]
+    assert doc.tokens[2 : 2 + len(caption)] == caption and doc.tokens[s - 1] == vocab.special("boi")
+    assert doc.tokens[e] == vocab.special("eoi") and e - s == len(CODES)
+    masked = [p for p in range(s, e) if doc.tokens[p] == vocab.special("mask")]
+    assert masked and [p for p, t in enumerate(doc.targets) if t != IGNORE] == masked
+    assert all(doc.targets[p] == vocab.image_offset + CODES[p - s] for p in masked)
+    kept = [p for p in range(s, e) if p not in masked]
+    assert all(doc.tokens[p] == vocab.image_offset + CODES[p - s] for p in kept)
+    # Caption dropout leaves an empty caption: <t2i> <bos> <eos> <boi> ...
+    dropped = TaskBuilder(vocab, tok, "mask", caption_dropout=1.0).t2i(
+        CODES, "a red circle", random.Random(0)
+    )
+    assert dropped.tokens[:4] == [vocab.special(n) for n in ("t2i", "bos", "eos", "boi")]
+
+
+def test_cosine_mask_ratio_covers_the_range():
+    rng = random.Random(0)
+    counts = [cosine_mask_count(64, rng) for _ in range(2000)]
+    assert min(counts) >= 1 and max(counts) == 64
+    assert 0.55 < sum(counts) / (64 * 2000) < 0.72  # E[cos(pi u / 2)] = 2 / pi = 0.64
+
+
+def test_t2i_in_ar_mode_predicts_the_next_code(parts):
+    tok, vocab = parts
+    doc = TaskBuilder(vocab, tok, "ar", caption_dropout=0.0).t2i(CODES, "a red circle", random.Random(0))
+    s, e = doc.image
+    assert vocab.special("mask") not in doc.tokens
+    targets = {p: t for p, t in enumerate(doc.targets) if t != IGNORE}
+    assert targets == {p - 1: doc.tokens[p] for p in range(s, e)}  # <boi> predicts the first code
+
+
+def test_understanding_documents_target_only_the_answer(parts):
+    tok, vocab = parts
+    b = TaskBuilder(vocab, tok, "mask")
+    mmu = b.mmu(CODES, "a red circle")
+    assert mmu.tokens[:2] == [vocab.special("mmu"), vocab.special("boi")] and mmu.image == (2, 2 + len(CODES))
+    caption = tok.encode("a red circle")
+    target_tokens = [t for t in mmu.targets if t != IGNORE]
+    assert target_tokens == [*caption, vocab.special("eos")]
+    vqa = b.vqa(CODES, "what color is the circle?", "red")
+    assert [t for t in vqa.targets if t != IGNORE] == [*tok.encode("red"), vocab.special("eos")]
+    sep = vqa.tokens.index(vocab.special("sep"))
+    assert vqa.targets[sep] == tok.encode("red")[0] and all(t == IGNORE for t in vqa.targets[:sep])
+    lm = b.lm("a red circle")
+    assert [t for t in lm.targets if t != IGNORE] == [*caption, vocab.special("eos")] and lm.image is None
+
+
+def test_packing_isolates_documents_and_restarts_positions(parts):
+    tok, vocab = parts
+    b = TaskBuilder(vocab, tok, "mask", caption_dropout=0.0)
+    docs = [b.t2i(CODES, "a red circle", random.Random(1)), b.lm("a blue square"), b.mmu(CODES, "two shapes")]
+    packer = Packer(seq_len=48, batch_size=2, pad_id=vocab.special("pad"), bidirectional_images=True)
+    out = [batch for d in docs for batch in packer.add(d)] + packer.flush()
+    assert len(out) == 1
+    batch = out[0]
+    first, second = len(docs[0]) + len(docs[1]), len(docs[2])
+    assert first <= 48 < first + second  # the third document started row 2
+    assert batch["positions"][0, : len(docs[0])].tolist() == list(range(len(docs[0])))
+    assert batch["positions"][0, len(docs[0]) : first].tolist() == list(range(len(docs[1])))
+    mask = Visibility(batch["doc"], batch["last"]).dense_mask()[:, 0]
+    s, e = docs[0].image
+    assert mask[0, s, e - 1] and not mask[0, s - 1, s]  # bidirectional image, causal text
+    assert not mask[0, len(docs[0]), len(docs[0]) - 1]  # the lm document does not see the t2i one
+    assert (batch["tokens"][0, first:] == vocab.special("pad")).all()
+    task = batch["task"]
+    assert set(task[batch["targets"] != IGNORE].tolist()) == {TASKS.index(t) for t in ("t2i", "lm", "mmu")}
+    assert (task[batch["targets"] == IGNORE] == -1).all()
+
+
+def test_loader_mixes_tasks_from_code_shards_and_counts_overlong(parts, model_assets, caplog):
+    tok, vocab = parts
+    loader = task_loader(
+        str(model_assets.codes / "train-*.tar"),
+        TaskBuilder(vocab, tok, "mask"),
+        ratios={"t2i": 1, "mmu": 1, "vqa": 1, "lm": 1},
+        seq_len=128,
+        batch_size=4,
+        batches_per_epoch=6,
+    )
+    seen = set()
+    for batch in loader:
+        assert batch["tokens"].shape == (4, 128) and batch["tokens"].max() < vocab.size
+        seen |= set(batch["task"][batch["task"] >= 0].tolist())
+    assert seen == {0, 1, 2, 3}
+    # Rows too short for an image document: every image document is skipped and counted.
+    short = task_loader(
+        str(model_assets.codes / "train-*.tar"),
+        TaskBuilder(vocab, tok, "mask"),
+        ratios={"t2i": 1, "lm": 1},
+        seq_len=40,
+        batch_size=4,
+        batches_per_epoch=2,
+    )
+    for batch in short:
+        assert set(batch["task"][batch["task"] >= 0].tolist()) == {TASKS.index("lm")}
+    assert short.skipped["over-long document"] > 0
+    with pytest.raises(ValueError, match="task ratios"):
+        task_loader(
+            "x",
+            TaskBuilder(vocab, tok, "mask"),
+            ratios={"img": 1},
+            seq_len=8,
+            batch_size=1,
+            batches_per_epoch=1,
+        )
+
+
+def test_codes_outside_the_codebook_are_skipped_and_counted(parts):
+    import numpy as np
+
+    from omni.data.loader import SkipCounter
+    from omni.data.tasks import pack_stage
+
+    tok, vocab = parts
+    good = {"codes": np.arange(16), "text": "a red circle", "qa": [], "key": "good"}
+    bad = {"codes": np.full(16, 64), "text": "a red circle", "qa": [], "key": "bad"}  # codebook has 64 codes
+    skips = SkipCounter()
+    batches = list(
+        pack_stage(
+            iter([good, bad]),
+            skips,
+            "0",
+            builder=TaskBuilder(vocab, tok, "mask"),
+            ratios={"lm": 1},
+            seq_len=32,
+            batch_size=4,
+        )
+    )
+    assert sum(b["skipped"].get("codes out of range", 0) for b in batches) == 1
+    assert [k for b in batches for k in b["keys"]] == ["good"]

@@ -1,0 +1,114 @@
+"""train.py: the configs parse and build their strategies; a tiny run trains, validates and releases."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+
+CONFIGS = sorted((REPO / "configs").glob("*/model*.yaml"))
+
+
+def parse_config(path: Path, monkeypatch):
+    """Parse a config with train.py's own CLI (links included) without instantiating anything."""
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    sys.path.insert(0, str(REPO))
+    try:
+        from train import OmniCLI
+    finally:
+        sys.path.pop(0)
+    from omni.lit import OmniDataModule, OmniLitModule
+
+    class ParseOnly(OmniCLI):
+        def instantiate_classes(self) -> None:
+            pass
+
+    return ParseOnly(OmniLitModule, OmniDataModule, run=False, args=["--config", str(path)]).config
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_configs_parse_and_build_their_strategies(path, monkeypatch):
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy, Strategy
+
+    from omni.model import Block, ModelConfig, Transformer
+
+    config = parse_config(path, monkeypatch)
+    assert config.data.image_generation == config.model.transformer.image_generation  # linked
+    model_config = ModelConfig(**{**vars(config.model.transformer), "vocab_size": 32768})
+    with torch.device("meta"):
+        params = Transformer(model_config).num_params(embedding=True)
+    strategy = config.trainer.strategy
+    if isinstance(strategy, str):  # "auto" on the CPU demo
+        assert path.parent.name == "shapes" and strategy == "auto" and params < 3e7
+        return
+    parser = ArgumentParser()
+    parser.add_argument("--strategy", type=Strategy)
+    built = parser.instantiate(parser.parse_object({"strategy": strategy})).strategy
+    assert not isinstance(built, SingleDeviceStrategy)
+    assert config.trainer.precision == "bf16-mixed"
+    if isinstance(built, FSDPStrategy):
+        policy = built.kwargs["auto_wrap_policy"]
+        assert policy._module_classes == {Block}  # one FSDP unit per Transformer block
+        assert built._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {Block}
+        assert 0.8e9 < params < 1.3e9
+    else:
+        assert isinstance(built, DDPStrategy) and config.model.compile
+        assert 0.9e8 < params < 1.6e8
+
+
+@pytest.mark.slow
+def test_a_tiny_run_trains_validates_and_releases(model_assets, tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "train.py",
+        "fit",
+        "--config",
+        "configs/shapes/model.yaml",
+        f"--data.train_shards={model_assets.codes}/train-*.tar",
+        f"--data.val_shards={model_assets.codes}/val-*.tar",
+        f"--data.tokenizer={model_assets.tokenizer}",
+        f"--data.vq={model_assets.vq}",
+        "--data.seq_len=128",
+        "--data.batch_size=4",
+        "--data.val_batches=2",
+        "--model.transformer.dim=64",
+        "--model.transformer.n_layers=2",
+        "--model.transformer.max_seq_len=128",
+        "--model.warmup_steps=5",
+        "--model.ema_decay=0.9",
+        f"--model.export_dir={out}/model",
+        "--trainer.max_time=null",
+        "--trainer.max_steps=40",
+        "--trainer.val_check_interval=20",
+        "--trainer.log_every_n_steps=5",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={out}",
+        f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.callbacks.init_args.dirpath={out}/checkpoints",
+        "--trainer.callbacks.init_args.every_n_train_steps=20",
+    ]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    rows = list(csv.DictReader(open(next(out.glob("logs/version_*/metrics.csv")))))
+    val = [r for r in rows if r.get("val/t2i_acc")]
+    assert len(val) == 2 and all(r["val/mmu_acc"] and r["val/vqa_acc"] and r["val/lm_acc"] for r in val)
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert losses[-1] < losses[0]
+
+    import omni
+
+    pipe = omni.load_pretrained(out / "model")
+    assert pipe.model.config.dim == 64 and pipe.generation["image_generation"] == "mask"
+    import json
+
+    meta = json.loads((out / "model" / "config.json").read_text())
+    assert meta["trained_steps"] == 40
