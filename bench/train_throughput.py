@@ -24,7 +24,7 @@ from omni.attention import Segment, Visibility, build_visibility
 from omni.model import IGNORE, ModelConfig, Transformer
 
 # The shapes demo's model (configs/shapes/model.yaml) with its vocabulary (391 BPE + 1024 codes).
-SHAPES = dict(dim=256, n_layers=6, n_heads=4, max_seq_len=256, vocab_size=1415)
+SHAPES = dict(dim=192, n_layers=6, n_heads=3, max_seq_len=256, vocab_size=1415)
 
 
 def matmul_peak(device: str, dtype: torch.dtype, n: int, seconds: float) -> float:
@@ -82,12 +82,15 @@ def main() -> None:
     p.add_argument(
         "--preset", default="shapes", help="shapes (the demo config) or a preset of omni.model.PRESETS"
     )
-    p.add_argument("--batch", type=int, default=16, help="rows per step")
+    p.add_argument("--batch", type=int, default=8, help="rows per step (the shapes config trains on 8)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--seconds", type=float, default=20.0, help="timed training per measurement")
     p.add_argument("--attention", default="auto", help="attention backend (auto, sdpa, flex, xformers)")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    p.add_argument("--dim", type=int, help="override the preset's width")
+    p.add_argument("--n-layers", type=int, help="override the preset's depth")
+    p.add_argument("--n-heads", type=int, help="override the preset's query heads")
     args = p.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -98,6 +101,10 @@ def main() -> None:
     else:
         config = ModelConfig.from_name(args.preset, vocab_size=32768, attention=args.attention)
     config.max_seq_len = max(config.max_seq_len, args.seq_len)
+    for field, value in (("dim", args.dim), ("n_layers", args.n_layers), ("n_heads", args.n_heads)):
+        if value is not None:
+            setattr(config, field, value)
+    config.__post_init__()  # re-validate the overridden shape
     model = Transformer(config).to(device)
     model.activation_checkpointing = args.checkpointing
     if args.compile:
@@ -141,6 +148,8 @@ def main() -> None:
         "device": device_name,
         "dtype": str(dtype).removeprefix("torch."),
         "preset": args.preset,
+        "dim": config.dim,
+        "n_layers": config.n_layers,
         "params_non_embedding": n,
         "batch": args.batch,
         "seq_len": args.seq_len,

@@ -80,6 +80,7 @@ def test_a_tiny_run_trains_validates_and_releases(model_assets, tmp_path):
         "--data.batch_size=4",
         "--data.val_batches=2",
         "--model.transformer.dim=64",
+        "--model.transformer.n_heads=4",
         "--model.transformer.n_layers=2",
         "--model.transformer.max_seq_len=128",
         "--model.warmup_steps=5",
