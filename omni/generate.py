@@ -1,0 +1,297 @@
+"""Samplers as plain functions over a `Transformer` and its `Vocab` (gpt-fast style).
+
+    texts = decode_text(model, vocab, prompts, max_new_tokens=32)            # captions, answers, text
+    codes = generate_images_mask(model, vocab, captions, grid=64, steps=12)  # MaskGIT / Show-o
+    codes = generate_images_ar(model, vocab, captions, grid=64)              # raster, KV-cached
+
+Prompts are lists of token ids, optionally with an image block: `Prompt(ids, image=(start, end))`.
+A batch of prompts of different lengths is left-padded; padding positions are their own
+documents (omni.attention), so they never influence real tokens, and rotary positions start at
+0 at each prompt's first real token. Decoding is constrained: text decoding may emit only text
+ids and <eos>; image generation only image codes. Classifier-free guidance runs the conditional
+and unconditional (empty caption) prompts in one doubled batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from omni.attention import Segment, build_visibility
+from omni.model import KVCache, Transformer
+from omni.vocab import Vocab
+
+
+@dataclass
+class Prompt:
+    """Token ids of one prompt and, if it holds one, the [start, end) of its image block."""
+
+    ids: list[int]
+    image: tuple[int, int] | None = None
+
+
+@dataclass
+class Batch:
+    """Left-padded prompts laid out for a sequence of `length` positions (prompt + generation)."""
+
+    tokens: torch.Tensor  # (B, P) padded prompt ids
+    positions: torch.Tensor  # (B, length) rotary positions, 0 at each prompt's first token
+    vis: object  # omni.attention.Visibility over (B, length)
+    pad: list[int]  # left padding of each row
+
+
+def layout(
+    prompts: Sequence[Prompt],
+    new_tokens: int,
+    pad_id: int,
+    new_image: tuple[int, int] | None = None,
+    bidirectional: bool = True,
+    device=None,
+) -> Batch:
+    """Left-pad prompts and describe the whole sequence (prompt, then `new_tokens` generated ones).
+
+    `new_image` marks a block [start, end) of the generated part (relative to its first position)
+    as an image (bidirectional in mask mode).
+    """
+    width = max(len(p.ids) for p in prompts)
+    length = width + new_tokens
+    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(prompts), length), dtype=torch.long)
+    segments, pads = [], []
+    for row, p in enumerate(prompts):
+        pad = width - len(p.ids)
+        pads.append(pad)
+        tokens[row, pad:] = torch.tensor(p.ids, dtype=torch.long)
+        positions[row, pad:] = torch.arange(length - pad)
+        cuts = {pad, length}
+        blocks = []
+        if p.image is not None:
+            blocks.append((pad + p.image[0], pad + p.image[1]))
+        if new_image is not None:
+            blocks.append((width + new_image[0], width + new_image[1]))
+        for s, e in blocks:
+            cuts |= {s, e}
+        edges = sorted(cuts)
+        segs = []
+        for s, e in zip(edges, edges[1:]):
+            is_image = (s, e) in blocks
+            segs.append(Segment(s, e, 0, image=is_image, bidirectional=bidirectional))
+        segments.append(segs)
+    vis = build_visibility(segments, length)
+    return Batch(tokens.to(device), positions.to(device), vis.to(device), pads)
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Token ids (B,) from logits (B, V): greedy at temperature 0, else top-k / top-p sampling."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the first token past top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def _restrict(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    return logits.masked_fill(~allowed, float("-inf"))
+
+
+@torch.no_grad()
+def decode_text(
+    model: Transformer,
+    vocab: Vocab,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """Continue each prompt with text until <eos> (excluded from the result) or `max_new_tokens`.
+
+    With `use_cache=False` every step recomputes the whole prefix (the reference the KV-cached
+    path is tested against, and the baseline of bench/sample_throughput.py).
+    """
+    device = model.output.weight.device
+    batch = layout(prompts, max_new_tokens, vocab.special("pad"), device=device)
+    width = batch.tokens.shape[1]
+    allowed = vocab.text_id_mask(device)
+    eos = vocab.special("eos")
+    cache = (
+        KVCache(model.config, len(prompts), width + max_new_tokens, device, model.output.weight.dtype)
+        if use_cache
+        else None
+    )
+    seq = batch.tokens
+    logits = model(seq, batch.vis, positions=batch.positions[:, :width], cache=cache)[:, -1]
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    out = []
+    for step in range(max_new_tokens):
+        nxt = sample(_restrict(logits, allowed), temperature, top_k, top_p, generator)
+        nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+        out.append(nxt)
+        done |= nxt == eos
+        if done.all() or step == max_new_tokens - 1:
+            break
+        seq = torch.cat([seq, nxt[:, None]], dim=1)
+        pos = width + step
+        if use_cache:
+            logits = model(
+                nxt[:, None], batch.vis, positions=batch.positions[:, pos : pos + 1], cache=cache, start=pos
+            )[:, -1]
+        else:
+            logits = model(seq, batch.vis, positions=batch.positions[:, : pos + 1])[:, -1]
+    generated = torch.stack(out, dim=1).tolist()
+    return [row[: row.index(eos)] if eos in row else row for row in generated]
+
+
+def t2i_prompt(vocab: Vocab, caption_ids: list[int]) -> list[int]:
+    """<t2i> <bos> caption <eos> <boi>: the prefix after which an image is generated."""
+    s = vocab.special
+    return [s("t2i"), s("bos"), *caption_ids, s("eos"), s("boi")]
+
+
+def mask_schedule(step: int, steps: int) -> float:
+    """Fraction of the image still masked after `step` (0-based) of `steps`: cos(pi/2 * (step+1)/steps)."""
+    return math.cos(math.pi / 2 * (step + 1) / steps)
+
+
+def _guided(logits: torch.Tensor, n: int, guidance: float) -> torch.Tensor:
+    """Combine the conditional first half and unconditional second half of a doubled batch."""
+    if guidance <= 0:
+        return logits[:n]
+    cond, uncond = logits[:n], logits[n:]
+    return uncond + (1 + guidance) * (cond - uncond)
+
+
+@torch.no_grad()
+def generate_images_mask(
+    model: Transformer,
+    vocab: Vocab,
+    captions: Sequence[list[int]],
+    grid: int,
+    steps: int = 12,
+    guidance: float = 2.0,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    initial: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """VQ codes (B, grid) by iterative parallel decoding (MaskGIT): all masked, then unmask by confidence.
+
+    `initial` (B, grid) gives known codes with -1 where a code is to be generated (inpainting).
+    Guidance > 0 adds an unconditional (empty caption) copy of the batch.
+    """
+    device = model.output.weight.device
+    n = len(captions)
+    prompts = [Prompt(t2i_prompt(vocab, c)) for c in captions]
+    if guidance > 0:
+        prompts += [Prompt(t2i_prompt(vocab, []))] * n
+    batch = layout(prompts, grid + 1, vocab.special("pad"), new_image=(0, grid), device=device)
+    width = batch.tokens.shape[1]
+    mask_id = vocab.special("mask")
+    codes = (
+        torch.full((n, grid), -1, dtype=torch.long, device=device)
+        if initial is None
+        else initial.to(device).clone()
+    )
+    unknown = codes < 0
+    total_unknown = unknown.sum(-1, keepdim=True)
+    image_ids = vocab.image_id_mask(device)
+    eoi = torch.full((len(prompts), 1), vocab.special("eoi"), device=device)
+    for step in range(steps):
+        image = torch.where(codes >= 0, vocab.image_ids(codes), torch.full_like(codes, mask_id))
+        if guidance > 0:
+            image = torch.cat([image, image])
+        seq = torch.cat([batch.tokens, image, eoi], dim=1)
+        logits = model(seq, batch.vis, positions=batch.positions)[:, width : width + grid]  # (B', grid, V)
+        logits = _restrict(_guided(logits, n, guidance), image_ids)  # guide first: -inf - -inf is NaN
+        probs = (logits.float() / max(temperature, 1e-6)).softmax(-1)
+        drawn = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(n, grid)
+        confidence = probs.gather(-1, drawn[..., None]).squeeze(-1).log()
+        drawn = vocab.codes(drawn)
+        masked = codes < 0
+        # Annealed noise (MaskGIT): early steps explore, the last ones pick by confidence alone.
+        noise = -torch.log(
+            -torch.log(
+                torch.rand(confidence.shape, generator=generator, device="cpu").to(device).clamp_min(1e-20)
+            )
+        )
+        confidence = confidence + temperature * (1 - (step + 1) / steps) * noise
+        confidence = confidence.masked_fill(~masked, float("inf"))
+        keep_masked = (total_unknown * mask_schedule(step, steps)).floor().long()  # (n, 1)
+        keep_masked = torch.minimum(keep_masked, masked.sum(-1, keepdim=True) - 1).clamp_min(0)
+        if step == steps - 1:
+            keep_masked.zero_()
+        order = confidence.argsort(dim=-1)  # least confident first
+        rank = order.argsort(dim=-1)
+        still = (rank < keep_masked) & masked
+        codes = torch.where(masked & ~still, drawn, codes)
+    return codes
+
+
+@torch.no_grad()
+def generate_images_ar(
+    model: Transformer,
+    vocab: Vocab,
+    captions: Sequence[list[int]],
+    grid: int,
+    guidance: float = 2.0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """VQ codes (B, grid) in raster order, one token per step with a KV cache (ar mode)."""
+    device = model.output.weight.device
+    n = len(captions)
+    prompts = [Prompt(t2i_prompt(vocab, c)) for c in captions]
+    if guidance > 0:
+        prompts += [Prompt(t2i_prompt(vocab, []))] * n
+    batch = layout(
+        prompts, grid, vocab.special("pad"), new_image=(0, grid), bidirectional=False, device=device
+    )
+    width = batch.tokens.shape[1]
+    image_ids = vocab.image_id_mask(device)
+    cache = (
+        KVCache(model.config, len(prompts), width + grid, device, model.output.weight.dtype)
+        if use_cache
+        else None
+    )
+    seq = batch.tokens
+    logits = model(seq, batch.vis, positions=batch.positions[:, :width], cache=cache)[:, -1]
+    out = []
+    for i in range(grid):
+        nxt = sample(_restrict(_guided(logits, n, guidance), image_ids), temperature, top_k, top_p, generator)
+        out.append(nxt)
+        if i == grid - 1:
+            break
+        step_ids = torch.cat([nxt, nxt]) if guidance > 0 else nxt
+        pos = width + i
+        if use_cache:
+            logits = model(
+                step_ids[:, None],
+                batch.vis,
+                positions=batch.positions[:, pos : pos + 1],
+                cache=cache,
+                start=pos,
+            )[:, -1]
+        else:
+            seq = torch.cat([seq, step_ids[:, None]], dim=1)
+            logits = model(seq, batch.vis, positions=batch.positions[:, : pos + 1])[:, -1]
+    return vocab.codes(torch.stack(out, dim=1))
