@@ -1,24 +1,47 @@
-"""`omni.load_pretrained(folder)`: everything a trained model needs, loaded from its release folder.
+"""`omni.load_pretrained(folder)`: a trained model folder as one object that generates every direction.
 
     pipe = omni.load_pretrained("runs/shapes/model")
-    pipe.model, pipe.vocab, pipe.tokenizer, pipe.vq, pipe.generation
+    images = pipe.generate_images(["a red circle on the left"], seed=0)     # PIL images
+    captions = pipe.caption(images)                                       # strings
+    answers = pipe.answer(images, ["what color is the circle?"])
+    texts = pipe.generate_text(["a blue"])
+    filled = pipe.inpaint(images[0], (0, 0, 16, 16), "a green square")   # mask-mode models
 
-No Lightning, no pickles: JSON and safetensors only (see `omni.checkpoint`).
+Images may be PIL images, paths, or tensors (3, H, W) in [-1, 1]; any mode or size is converted
+to RGB at the VQ's resolution (shorter side resized, centre cropped). Results are seeded and
+reproducible. No Lightning, no pickles: JSON and safetensors only (see `omni.checkpoint`).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from omni.checkpoint import ModelFolderError, load_model, read_config
+from omni.data.images import load_rgb, to_pil, to_tensor
+from omni.generate import Prompt, decode_text, generate_images_ar, generate_images_mask
 from omni.model import Transformer
 from omni.tokenizers.export import VQFolderError, load_vq
 from omni.tokenizers.text import TextTokenizer
 from omni.tokenizers.vqgan import VQModel
 from omni.vocab import Vocab, VocabError
+
+log = logging.getLogger("omni")
+
+# Used when a model folder's config.json lacks a generation default.
+GENERATION_FALLBACKS = {
+    "mask_steps": 12,
+    "guidance_scale": 2.0,
+    "temperature": 1.0,
+    "text_temperature": 0.0,
+    "max_new_tokens": 48,
+}
 
 
 @dataclass
@@ -35,6 +58,268 @@ class OmniPipeline:
     @property
     def device(self) -> torch.device:
         return self.model.output.weight.device
+
+    @property
+    def grid(self) -> int:
+        """Image tokens per image."""
+        side = self.vq.config.resolution // self.vq.config.downsample
+        return side * side
+
+    def _option(self, name: str, value):
+        return self.generation.get(name, GENERATION_FALLBACKS[name]) if value is None else value
+
+    # ------------------------------------------------------------------------------------------
+    # Inputs
+
+    def _text_ids(self, text: str, budget: int, what: str) -> list[int]:
+        """Token ids of `text`, cut (with a warning) to `budget` tokens."""
+        if not isinstance(text, str):
+            raise TypeError(f"{what} must be a string, got {type(text).__name__}")
+        ids = self.tokenizer.encode(text.strip())
+        if len(ids) > budget:
+            log.warning(
+                "%s of %d tokens cut to the model's budget of %d: %r", what, len(ids), budget, text[:60]
+            )
+            ids = ids[:budget]
+        return ids
+
+    def _images(self, images) -> torch.Tensor:
+        """PIL images, paths or tensors -> (B, 3, R, R) in [-1, 1] at the VQ's resolution."""
+        if isinstance(images, (Image.Image, str, Path, torch.Tensor)) and not (
+            isinstance(images, torch.Tensor) and images.ndim == 4
+        ):
+            images = [images]
+        res = self.vq.config.resolution
+        out = []
+        for i, image in enumerate(images):
+            if isinstance(image, torch.Tensor):
+                if image.ndim != 3 or image.shape[0] != 3:
+                    raise ValueError(
+                        f"image {i}: a tensor image must be (3, H, W) in [-1, 1], got {tuple(image.shape)}"
+                    )
+                image = to_pil(image.clamp(-1, 1))[0]
+            try:
+                rgb = load_rgb(image)
+            except (OSError, ValueError) as e:
+                raise ValueError(
+                    f"image {i} ({image if isinstance(image, (str, Path)) else 'given'}) "
+                    f"cannot be read as an image: {e}"
+                ) from e
+            if rgb.size != (res, res):
+                w, h = rgb.size
+                if min(w, h) < 1 or max(w, h) / min(w, h) > 4:
+                    log.warning(
+                        "image %d is %dx%d: resized to %d px on its shorter side and centre-cropped",
+                        i,
+                        w,
+                        h,
+                        res,
+                    )
+            out.append(to_tensor(rgb, res))
+        return torch.stack(out).to(self.device)
+
+    def _image_prompt(self, codes: torch.Tensor, task: str, question: list[int] | None = None) -> Prompt:
+        s = self.vocab.special
+        image = self.vocab.image_ids(codes).tolist()
+        ids = [s(task), s("boi"), *image, s("eoi"), s("bos")]
+        if question is not None:
+            ids += [*question, s("sep")]
+        return Prompt(ids, image=(2, 2 + len(image)))
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    def _decode(self, prompts: list[Prompt], max_new_tokens, temperature, seed) -> list[str]:
+        max_new = self._option("max_new_tokens", max_new_tokens)
+        room = self.model.config.max_seq_len - max(len(p.ids) for p in prompts)
+        if room < 1:
+            raise ValueError(
+                f"the prompt fills the model's {self.model.config.max_seq_len} positions; shorten it"
+            )
+        ids = decode_text(
+            self.model,
+            self.vocab,
+            prompts,
+            max_new_tokens=min(max_new, room),
+            temperature=self._option("text_temperature", temperature),
+            generator=self._generator(seed),
+        )
+        return [self.tokenizer.decode(row).strip() for row in ids]
+
+    # ------------------------------------------------------------------------------------------
+    # Every direction
+
+    @torch.no_grad()
+    def generate_images(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        temperature: float | None = None,
+        seed: int = 0,
+        batch_size: int = 32,
+    ) -> list[Image.Image]:
+        """Text -> images. An empty prompt generates unconditionally."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        budget = self.model.config.max_seq_len - self.grid - 6  # task, bos, eos, boi, eoi (+1 spare)
+        captions = [self._text_ids(p, budget, "prompt") for p in prompts]
+        generator = self._generator(seed)
+        out = []
+        for i in range(0, len(captions), batch_size):
+            chunk = captions[i : i + batch_size]
+            if self.model.config.image_generation == "mask":
+                codes = generate_images_mask(
+                    self.model,
+                    self.vocab,
+                    chunk,
+                    self.grid,
+                    steps=self._option("mask_steps", steps),
+                    guidance=self._option("guidance_scale", guidance),
+                    temperature=self._option("temperature", temperature),
+                    generator=generator,
+                )
+            else:
+                codes = generate_images_ar(
+                    self.model,
+                    self.vocab,
+                    chunk,
+                    self.grid,
+                    guidance=self._option("guidance_scale", guidance),
+                    temperature=self._option("temperature", temperature),
+                    top_k=self.generation.get("top_k", 0),
+                    generator=generator,
+                )
+            out += to_pil(self.vq.decode(codes))
+        return out
+
+    @torch.no_grad()
+    def caption(
+        self, images, *, max_new_tokens: int | None = None, temperature: float | None = None, seed: int = 0
+    ) -> list[str]:
+        """Images -> captions (greedy by default)."""
+        codes = self.vq.encode(self._images(images))
+        return self._decode([self._image_prompt(c, "mmu") for c in codes], max_new_tokens, temperature, seed)
+
+    @torch.no_grad()
+    def answer(
+        self,
+        images,
+        questions: str | Sequence[str],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int = 0,
+    ) -> list[str]:
+        """Images and one question per image -> answers."""
+        questions = [questions] if isinstance(questions, str) else list(questions)
+        codes = self.vq.encode(self._images(images))
+        if len(questions) != len(codes):
+            raise ValueError(
+                f"got {len(codes)} images but {len(questions)} questions; give one question per image"
+            )
+        budget = self.model.config.max_seq_len - self.grid - 8
+        prompts = [
+            self._image_prompt(c, "vqa", self._text_ids(q, budget, "question"))
+            for c, q in zip(codes, questions)
+        ]
+        return self._decode(prompts, max_new_tokens, temperature, seed)
+
+    @torch.no_grad()
+    def generate_text(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int = 0,
+    ) -> list[str]:
+        """Text -> its continuation (the prompt itself is not repeated)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        s = self.vocab.special
+        budget = self.model.config.max_seq_len - 3
+        ids = [[s("lm"), s("bos"), *self._text_ids(p, budget, "prompt")] for p in prompts]
+        return self._decode([Prompt(i) for i in ids], max_new_tokens, temperature, seed)
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        image,
+        region,
+        prompt: str = "",
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        temperature: float | None = None,
+        seed: int = 0,
+    ) -> Image.Image:
+        """Regenerate a region of an image conditioned on `prompt` (mask-mode models).
+
+        `region` is a box (x0, y0, x1, y1) in pixels of the VQ resolution, or a boolean mask
+        (H, W) of that size; every code whose patch the region touches is regenerated. A box
+        reaching outside the image is clipped (with a warning); one entirely outside is an error.
+        For outpainting, give the area to replace (e.g. a border).
+        """
+        if self.model.config.image_generation != "mask":
+            raise ValueError("inpainting needs a mask-mode model (its image_generation is 'ar')")
+        codes = self.vq.encode(self._images([image]))[0]
+        filled = self.inpaint_codes(
+            codes, region, prompt, steps=steps, guidance=guidance, temperature=temperature, seed=seed
+        )
+        return to_pil(self.vq.decode(filled[None]))[0]
+
+    @torch.no_grad()
+    def inpaint_codes(
+        self,
+        codes: torch.Tensor,
+        region,
+        prompt: str = "",
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        temperature: float | None = None,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """`inpaint` on an image's codes (grid,): the codes outside the region come back unchanged."""
+        keep = ~self._region_codes(region).flatten().to(codes.device)
+        initial = torch.where(keep, codes, torch.full_like(codes, -1))[None]
+        budget = self.model.config.max_seq_len - self.grid - 6
+        return generate_images_mask(
+            self.model,
+            self.vocab,
+            [self._text_ids(prompt, budget, "prompt")],
+            self.grid,
+            steps=self._option("mask_steps", steps),
+            guidance=self._option("guidance_scale", guidance),
+            temperature=self._option("temperature", temperature),
+            generator=self._generator(seed),
+            initial=initial,
+        )[0]
+
+    def _region_codes(self, region) -> torch.Tensor:
+        """(side, side) bool: the codes a pixel box or mask touches."""
+        res, f = self.vq.config.resolution, self.vq.config.downsample
+        side = res // f
+        if isinstance(region, (tuple, list)) and len(region) == 4:
+            x0, y0, x1, y1 = (int(round(v)) for v in region)
+            if x1 <= x0 or y1 <= y0:
+                raise ValueError(
+                    f"inpaint box {tuple(region)} is empty: give (x0, y0, x1, y1) with x1 > x0, y1 > y0"
+                )
+            clipped = (max(0, x0), max(0, y0), min(res, x1), min(res, y1))
+            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+                raise ValueError(f"inpaint box {tuple(region)} lies outside the {res}x{res} image")
+            if clipped != (x0, y0, x1, y1):
+                log.warning("inpaint box %s clipped to the %dx%d image: %s", tuple(region), res, res, clipped)
+            mask = np.zeros((res, res), dtype=bool)
+            mask[clipped[1] : clipped[3], clipped[0] : clipped[2]] = True
+        else:
+            mask = np.asarray(region.cpu() if isinstance(region, torch.Tensor) else region, dtype=bool)
+            if mask.shape != (res, res):
+                raise ValueError(f"inpaint mask must be {res}x{res} (the VQ resolution), got {mask.shape}")
+            if not mask.any():
+                raise ValueError("inpaint mask selects no pixel")
+        return torch.from_numpy(mask.reshape(side, f, side, f).any(axis=(1, 3)))
 
 
 def load_pretrained(

@@ -1,0 +1,112 @@
+"""The Python API on a tiny release folder: every direction, input handling, and clear errors."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import omni
+from omni.checkpoint import save_pretrained
+from omni.model import ModelConfig, Transformer
+from omni.tokenizers.text import TextTokenizer
+from omni.vocab import Vocab
+
+
+def tiny_release(model_assets, folder, mode):
+    torch.manual_seed(0)
+    vocab = Vocab.build(TextTokenizer.from_file(model_assets.tokenizer), codebook_size=64)
+    model = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size, image_generation=mode))
+    generation = {"mask_steps": 3, "max_new_tokens": 6}
+    save_pretrained(
+        folder, model.state_dict(), model.config, vocab, model_assets.tokenizer, model_assets.vq, generation
+    )
+    return omni.load_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def pipes(model_assets, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipes")
+    return {mode: tiny_release(model_assets, root / mode, mode) for mode in ("mask", "ar")}
+
+
+def same(a: Image.Image, b: Image.Image) -> bool:
+    return np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("mode", ["mask", "ar"])
+def test_text_to_image_is_seeded_and_sized(pipes, mode):
+    pipe = pipes[mode]
+    images = pipe.generate_images(["a red circle", ""], seed=1)
+    assert len(images) == 2 and all(isinstance(i, Image.Image) and i.size == (32, 32) for i in images)
+    again = pipe.generate_images(["a red circle", ""], seed=1)
+    assert all(same(a, b) for a, b in zip(images, again))
+    batched = pipe.generate_images(["a red circle", ""], seed=1, batch_size=1)  # same seed, other batching
+    assert len(batched) == 2
+
+
+def test_understanding_accepts_paths_pil_and_tensors_of_any_mode(pipes, tmp_path):
+    pipe = pipes["mask"]
+    rgba = Image.new("RGBA", (32, 32), (255, 0, 0, 128))
+    grey16 = Image.fromarray(np.full((40, 30), 40000, dtype=np.uint16))
+    tiny = Image.new("L", (1, 1), 200)
+    wide = Image.new("RGB", (10000, 10), (0, 0, 255))
+    path = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(path)
+    tensor = torch.zeros(3, 32, 32)
+    captions = pipe.caption([rgba, grey16, tiny, wide, path, str(path), tensor])
+    assert len(captions) == 7 and all(isinstance(c, str) for c in captions)
+    assert captions[4] == captions[5]  # a Path and its string are the same image
+    assert pipe.caption(path) == [captions[4]]
+    answers = pipe.answer([path, tensor], ["what color is it?", "how many shapes are there?"])
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    assert pipe.answer(path, "what color is it?") == answers[:1]
+    texts = pipe.generate_text(["a red", "there is a"])
+    assert len(texts) == 2 and texts == pipe.generate_text(["a red", "there is a"])
+
+
+def test_inpainting_keeps_the_codes_outside_the_region(pipes):
+    pipe = pipes["mask"]
+    image = pipe.generate_images(["a red circle"], seed=0)[0]
+    filled = pipe.inpaint(image, (0, 0, 16, 8), "a blue square", seed=0)
+    assert isinstance(filled, Image.Image) and filled.size == (32, 32)
+    codes = pipe.vq.encode(pipe._images([image]))[0]
+    new = pipe.inpaint_codes(codes, (0, 0, 16, 8), "a blue square", seed=0).view(8, 8)
+    region = torch.zeros(8, 8, dtype=torch.bool)
+    region[:2, :4] = True  # 4-pixel patches: the box covers code rows 0-1, columns 0-3
+    assert torch.equal(new[~region], codes.view(8, 8)[~region])
+    assert new.min() >= 0 and new.max() < 64
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[-4:, :] = True  # outpaint the bottom border
+    assert pipe.inpaint(image, mask, "").size == (32, 32)
+
+
+def test_bad_inputs_get_clear_messages(pipes, tmp_path, caplog):
+    pipe = pipes["mask"]
+    with pytest.raises(ValueError, match="outside the 32x32 image"):
+        pipe.inpaint(Image.new("RGB", (32, 32)), (40, 40, 50, 50), "x")
+    with pytest.raises(ValueError, match="is empty"):
+        pipe.inpaint(Image.new("RGB", (32, 32)), (10, 10, 5, 20), "x")
+    with pytest.raises(ValueError, match="must be 32x32"):
+        pipe.inpaint(Image.new("RGB", (32, 32)), np.ones((8, 8), dtype=bool), "x")
+    with pytest.raises(ValueError, match="needs a mask-mode model"):
+        pipes["ar"].inpaint(Image.new("RGB", (32, 32)), (0, 0, 8, 8), "x")
+    with caplog.at_level(logging.WARNING, logger="omni"):
+        pipe.inpaint(Image.new("RGB", (32, 32)), (-5, -5, 8, 8), "x")
+    assert "clipped" in caplog.text
+    with pytest.raises(ValueError, match="got 2 images but 1 questions"):
+        pipe.answer([Image.new("RGB", (32, 32))] * 2, ["what?"])
+    with pytest.raises(TypeError, match="prompt must be a string"):
+        pipe.generate_images([3])
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"image 0 \(.*broken\.png\) cannot be read as an image"):
+        pipe.caption(tmp_path / "broken.png")
+    with pytest.raises(ValueError, match=r"must be \(3, H, W\)"):
+        pipe.caption(torch.zeros(1, 32, 32))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="omni"):
+        images = pipe.generate_images(["a red circle " * 200])
+    assert len(images) == 1 and "cut to the model's budget" in caplog.text
