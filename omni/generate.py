@@ -24,6 +24,16 @@ from omni.attention import Segment, build_visibility
 from omni.model import KVCache, Transformer
 from omni.vocab import Vocab
 
+# Sampling defaults written into a release's config.json ("generation"); calls override them.
+GENERATION_DEFAULTS = {
+    "mask_steps": 12,  # parallel decoding steps of mask-mode image generation
+    "guidance_scale": 2.0,  # classifier-free guidance
+    "temperature": 1.0,  # image sampling
+    "text_temperature": 0.0,  # text decoding: greedy
+    "top_k": 0,
+    "max_new_tokens": 48,  # text decoding
+}
+
 
 @dataclass
 class Prompt:
@@ -129,16 +139,10 @@ def decode_text(
     """
     device = model.output.weight.device
     batch = layout(prompts, max_new_tokens, vocab.special("pad"), device=device)
-    width = batch.tokens.shape[1]
     allowed = vocab.text_id_mask(device)
     eos = vocab.special("eos")
-    cache = (
-        KVCache(model.config, len(prompts), width + max_new_tokens, device, model.output.weight.dtype)
-        if use_cache
-        else None
-    )
+    cache, logits = prefill(model, batch, max_new_tokens, use_cache)
     seq = batch.tokens
-    logits = model(seq, batch.vis, positions=batch.positions[:, :width], cache=cache)[:, -1]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     out = []
     for step in range(max_new_tokens):
@@ -148,14 +152,7 @@ def decode_text(
         done |= nxt == eos
         if done.all() or step == max_new_tokens - 1:
             break
-        seq = torch.cat([seq, nxt[:, None]], dim=1)
-        pos = width + step
-        if use_cache:
-            logits = model(
-                nxt[:, None], batch.vis, positions=batch.positions[:, pos : pos + 1], cache=cache, start=pos
-            )[:, -1]
-        else:
-            logits = model(seq, batch.vis, positions=batch.positions[:, : pos + 1])[:, -1]
+        seq, logits = step_logits(model, batch, seq, nxt, cache)
     generated = torch.stack(out, dim=1).tolist()
     return [row[: row.index(eos)] if eos in row else row for row in generated]
 
@@ -164,6 +161,38 @@ def t2i_prompt(vocab: Vocab, caption_ids: list[int]) -> list[int]:
     """<t2i> <bos> caption <eos> <boi>: the prefix after which an image is generated."""
     s = vocab.special
     return [s("t2i"), s("bos"), *caption_ids, s("eos"), s("boi")]
+
+
+def guided_t2i_prompts(vocab: Vocab, captions: Sequence[list[int]], guidance: float) -> list[Prompt]:
+    """t2i prompts of the captions, followed (with guidance) by as many empty-caption ones."""
+    prompts = [Prompt(t2i_prompt(vocab, c)) for c in captions]
+    return prompts + [Prompt(t2i_prompt(vocab, []))] * len(captions) if guidance > 0 else prompts
+
+
+def prefill(model: Transformer, batch: Batch, new_tokens: int, use_cache: bool):
+    """(KV cache or None, logits of each prompt's last position) after running the prompts."""
+    width = batch.tokens.shape[1]
+    cache = None
+    if use_cache:
+        weight = model.output.weight
+        cache = KVCache(model.config, batch.tokens.shape[0], width + new_tokens, weight.device, weight.dtype)
+    logits = model(batch.tokens, batch.vis, positions=batch.positions[:, :width], cache=cache)
+    return cache, logits[:, -1]
+
+
+def step_logits(
+    model: Transformer, batch: Batch, seq: torch.Tensor, new: torch.Tensor, cache: KVCache | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append `new` (B,) to `seq`; the last position's logits, from the KV cache or by recomputing all."""
+    pos = seq.shape[1]
+    seq = torch.cat([seq, new[:, None]], dim=1)
+    if cache is not None:
+        out = model(
+            new[:, None], batch.vis, positions=batch.positions[:, pos : pos + 1], cache=cache, start=pos
+        )
+    else:
+        out = model(seq, batch.vis, positions=batch.positions[:, : pos + 1])
+    return seq, out[:, -1]
 
 
 def mask_schedule(step: int, steps: int) -> float:
@@ -198,9 +227,7 @@ def generate_images_mask(
     """
     device = model.output.weight.device
     n = len(captions)
-    prompts = [Prompt(t2i_prompt(vocab, c)) for c in captions]
-    if guidance > 0:
-        prompts += [Prompt(t2i_prompt(vocab, []))] * n
+    prompts = guided_t2i_prompts(vocab, captions, guidance)
     batch = layout(prompts, grid + 1, vocab.special("pad"), new_image=(0, grid), device=device)
     width = batch.tokens.shape[1]
     mask_id = vocab.special("mask")
@@ -260,38 +287,18 @@ def generate_images_ar(
     """VQ codes (B, grid) in raster order, one token per step with a KV cache (ar mode)."""
     device = model.output.weight.device
     n = len(captions)
-    prompts = [Prompt(t2i_prompt(vocab, c)) for c in captions]
-    if guidance > 0:
-        prompts += [Prompt(t2i_prompt(vocab, []))] * n
+    prompts = guided_t2i_prompts(vocab, captions, guidance)
     batch = layout(
         prompts, grid, vocab.special("pad"), new_image=(0, grid), bidirectional=False, device=device
     )
-    width = batch.tokens.shape[1]
     image_ids = vocab.image_id_mask(device)
-    cache = (
-        KVCache(model.config, len(prompts), width + grid, device, model.output.weight.dtype)
-        if use_cache
-        else None
-    )
+    cache, logits = prefill(model, batch, grid, use_cache)
     seq = batch.tokens
-    logits = model(seq, batch.vis, positions=batch.positions[:, :width], cache=cache)[:, -1]
     out = []
     for i in range(grid):
         nxt = sample(_restrict(_guided(logits, n, guidance), image_ids), temperature, top_k, top_p, generator)
         out.append(nxt)
         if i == grid - 1:
             break
-        step_ids = torch.cat([nxt, nxt]) if guidance > 0 else nxt
-        pos = width + i
-        if use_cache:
-            logits = model(
-                step_ids[:, None],
-                batch.vis,
-                positions=batch.positions[:, pos : pos + 1],
-                cache=cache,
-                start=pos,
-            )[:, -1]
-        else:
-            seq = torch.cat([seq, step_ids[:, None]], dim=1)
-            logits = model(seq, batch.vis, positions=batch.positions[:, : pos + 1])[:, -1]
+        seq, logits = step_logits(model, batch, seq, torch.cat([nxt, nxt]) if guidance > 0 else nxt, cache)
     return vocab.codes(torch.stack(out, dim=1))

@@ -23,20 +23,13 @@ from lightning.pytorch.callbacks import Timer
 from omni.attention import Visibility
 from omni.checkpoint import save_pretrained
 from omni.data.tasks import TASKS, TaskBuilder, task_loader
+from omni.generate import GENERATION_DEFAULTS
 from omni.model import IGNORE, ModelConfig, Transformer, token_losses
 from omni.tokenizers.export import read_vq_config
 from omni.tokenizers.text import TextTokenizer
 from omni.vocab import Vocab
 
 log = logging.getLogger("omni")
-
-GENERATION_DEFAULTS = {
-    "mask_steps": 12,  # parallel decoding steps of mask-mode image generation
-    "guidance_scale": 2.0,  # classifier-free guidance
-    "temperature": 1.0,
-    "top_k": 0,
-    "max_new_tokens": 48,  # text decoding
-}
 
 
 class OmniLitModule(L.LightningModule):
@@ -110,6 +103,9 @@ class OmniLitModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------
     # Setup
 
+    def _fsdp(self) -> bool:
+        return "FSDP" in type(self.trainer.strategy).__name__
+
     def configure_model(self) -> None:
         if self.hparams.activation_checkpointing:
             self.model.activation_checkpointing = True
@@ -118,7 +114,7 @@ class OmniLitModule(L.LightningModule):
                 block.compile()
 
     def setup(self, stage: str) -> None:
-        if self.ema is not None and "FSDP" in type(self.trainer.strategy).__name__:
+        if self.ema is not None and self._fsdp():
             raise ValueError(
                 "ema_decay > 0 is not supported with FSDP (the average would be of shards); set it to 0"
             )
@@ -136,7 +132,7 @@ class OmniLitModule(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
-        if gradient_clip_val and "FSDP" in type(self.trainer.strategy).__name__:
+        if gradient_clip_val and self._fsdp():
             # Lightning's FSDP precision plugin cannot clip by norm; the FSDP root module can.
             self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
             return
@@ -232,7 +228,7 @@ class OmniLitModule(L.LightningModule):
 
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
         """The (EMA) weights on every rank's call; under FSDP this gathers the shards (collective)."""
-        if "FSDP" in type(self.trainer.strategy).__name__:
+        if self._fsdp():
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             # Gather from the wrapped root (this LightningModule) and keep the Transformer's entries.
@@ -340,18 +336,17 @@ class OmniDataModule(L.LightningDataModule):
                 f"{codebook_size}; re-encode with tokenizers/encode_shards.py --vq {vq}"
             )
 
-    def builder(self) -> TaskBuilder:
+    def builder(self, caption_dropout: float | None = None) -> TaskBuilder:
         h = self.hparams
-        return TaskBuilder(self.vocab, self.text_tokenizer, h.image_generation, h.caption_dropout)
+        dropout = h.caption_dropout if caption_dropout is None else caption_dropout
+        return TaskBuilder(self.vocab, self.text_tokenizer, h.image_generation, dropout)
 
     def _loader(self, shards: str, train: bool):
         h = self.hparams
         rank = self.trainer.global_rank if self.trainer else 0
         return task_loader(
             shards,
-            self.builder()
-            if train
-            else TaskBuilder(self.vocab, self.text_tokenizer, h.image_generation, 0.0),
+            self.builder() if train else self.builder(caption_dropout=0.0),
             ratios=self.ratios,
             seq_len=h.seq_len,
             batch_size=h.batch_size,

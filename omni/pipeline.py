@@ -25,7 +25,7 @@ from PIL import Image
 
 from omni.checkpoint import ModelFolderError, load_model, read_config
 from omni.data.images import load_rgb, to_pil, to_tensor
-from omni.generate import Prompt, decode_text, generate_images_ar, generate_images_mask
+from omni.generate import GENERATION_DEFAULTS, Prompt, decode_text, generate_images_ar, generate_images_mask
 from omni.model import Transformer
 from omni.tokenizers.export import VQFolderError, load_vq
 from omni.tokenizers.text import TextTokenizer
@@ -33,15 +33,6 @@ from omni.tokenizers.vqgan import VQModel
 from omni.vocab import Vocab, VocabError
 
 log = logging.getLogger("omni")
-
-# Used when a model folder's config.json lacks a generation default.
-GENERATION_FALLBACKS = {
-    "mask_steps": 12,
-    "guidance_scale": 2.0,
-    "temperature": 1.0,
-    "text_temperature": 0.0,
-    "max_new_tokens": 48,
-}
 
 
 @dataclass
@@ -66,7 +57,7 @@ class OmniPipeline:
         return side * side
 
     def _option(self, name: str, value):
-        return self.generation.get(name, GENERATION_FALLBACKS[name]) if value is None else value
+        return self.generation.get(name, GENERATION_DEFAULTS[name]) if value is None else value
 
     # ------------------------------------------------------------------------------------------
     # Inputs
@@ -162,23 +153,13 @@ class OmniPipeline:
     ) -> list[Image.Image]:
         """Text -> images. An empty prompt generates unconditionally."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        budget = self.model.config.max_seq_len - self.grid - 6  # task, bos, eos, boi, eoi (+1 spare)
-        captions = [self._text_ids(p, budget, "prompt") for p in prompts]
+        captions = [self._t2i_ids(p) for p in prompts]
         generator = self._generator(seed)
         out = []
         for i in range(0, len(captions), batch_size):
             chunk = captions[i : i + batch_size]
             if self.model.config.image_generation == "mask":
-                codes = generate_images_mask(
-                    self.model,
-                    self.vocab,
-                    chunk,
-                    self.grid,
-                    steps=self._option("mask_steps", steps),
-                    guidance=self._option("guidance_scale", guidance),
-                    temperature=self._option("temperature", temperature),
-                    generator=generator,
-                )
+                codes = self._mask_codes(chunk, steps, guidance, temperature, generator)
             else:
                 codes = generate_images_ar(
                     self.model,
@@ -187,7 +168,7 @@ class OmniPipeline:
                     self.grid,
                     guidance=self._option("guidance_scale", guidance),
                     temperature=self._option("temperature", temperature),
-                    top_k=self.generation.get("top_k", 0),
+                    top_k=self._option("top_k", None),
                     generator=generator,
                 )
             out += to_pil(self.vq.decode(codes))
@@ -283,18 +264,30 @@ class OmniPipeline:
         """`inpaint` on an image's codes (grid,): the codes outside the region come back unchanged."""
         keep = ~self._region_codes(region).flatten().to(codes.device)
         initial = torch.where(keep, codes, torch.full_like(codes, -1))[None]
-        budget = self.model.config.max_seq_len - self.grid - 6
+        filled = self._mask_codes(
+            [self._t2i_ids(prompt)], steps, guidance, temperature, self._generator(seed), initial
+        )
+        return filled[0]
+
+    def _t2i_ids(self, prompt: str) -> list[int]:
+        """A text-to-image prompt's ids, within what the sequence leaves beside the image."""
+        return self._text_ids(
+            prompt, self.model.config.max_seq_len - self.grid - 6, "prompt"
+        )  # t2i bos eos boi eoi
+
+    def _mask_codes(self, captions, steps, guidance, temperature, generator, initial=None) -> torch.Tensor:
+        """Mask-mode generation with this folder's defaults for the options left None."""
         return generate_images_mask(
             self.model,
             self.vocab,
-            [self._text_ids(prompt, budget, "prompt")],
+            captions,
             self.grid,
             steps=self._option("mask_steps", steps),
             guidance=self._option("guidance_scale", guidance),
             temperature=self._option("temperature", temperature),
-            generator=self._generator(seed),
+            generator=generator,
             initial=initial,
-        )[0]
+        )
 
     def _region_codes(self, region) -> torch.Tensor:
         """(side, side) bool: the codes a pixel box or mask touches."""

@@ -26,11 +26,13 @@ import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
 from omni.attention import Segment, build_visibility
-from omni.data.loader import checked_caption
+from omni.data.loader import ShardDataset, ShardLoader, checked_caption
+from omni.data.shards import expand_shards
 from omni.model import IGNORE
 from omni.tokenizers.codes import npy_to_codes
 from omni.vocab import Vocab
@@ -303,11 +305,6 @@ def task_loader(
     Endless and split by node and worker like every Omni loader (`omni.data.loader`); every rank
     yields `batches_per_epoch` batches per epoch. `resampled=False` reads the shards once.
     """
-    from functools import partial
-
-    from omni.data.loader import ShardDataset, ShardLoader
-    from omni.data.shards import expand_shards
-
     unknown = sorted(set(ratios) - set(TASKS))
     if unknown or not any(v > 0 for v in ratios.values()) or any(v < 0 for v in ratios.values()):
         raise ValueError(f"task ratios must be >= 0 over {TASKS} with at least one > 0, got {ratios}")
