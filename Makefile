@@ -11,7 +11,7 @@ STAMP := $(VENV)/.omni-installed
 .PHONY: help demo test lint bench clean-data
 
 help:
-	@echo "make demo   set up .venv, then shapes data -> VQ tokenizer -> BPE -> code shards -> unified model (~17 min)"
+	@echo "make demo   set up .venv, then shapes data -> VQ tokenizer -> BPE -> code shards -> model -> benchmark (~30 min)"
 	@echo "make test   set up .venv, lint, run the test suite"
 	@echo "make bench  set up .venv, run the benchmarks in bench/"
 
@@ -31,21 +31,17 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# The pipeline so far: shapes shards -> VQ tokenizer (5 min) -> its evaluation -> text BPE -> code shards
-# -> the unified model (10 min, release folder runs/shapes/model).
+# The whole pipeline (omni/demo.py lists the stages): shapes shards -> VQ tokenizer -> its evaluation
+# -> text BPE -> code shards -> unified model -> benchmark -> samples; summary in demo/summary.json.
+# Resume from a stage with `.venv/bin/python -m omni.demo --from STAGE`.
 demo: $(STAMP)
-	$(PY) -m omni.data.shapes --out data/shapes --train 20000 --val 500 --per-shard 2000 --size 32 --seed 0
-	$(PY) -m omni.eval.shapes --shards 'data/shapes/val-*.tar'
-	$(PY) tokenizers/train_vq.py fit --config configs/shapes/vq.yaml --trainer.enable_progress_bar false
-	$(PY) tokenizers/eval_vq.py --vq runs/shapes/vq --shards 'data/shapes/val-*.tar'
-	$(PY) tokenizers/train_text.py --shards 'data/shapes/train-*.tar' --out runs/shapes/tokenizer.json
-	$(PY) tokenizers/encode_shards.py --vq runs/shapes/vq --shards 'data/shapes/*.tar' --out data/shapes-codes --overwrite
-	$(PY) train.py fit --config configs/shapes/model.yaml --trainer.enable_progress_bar false
+	$(PY) -m omni.demo
 
 bench: $(STAMP)
 	$(PY) bench/data_throughput.py
 	$(PY) bench/vq_throughput.py
 	$(PY) bench/train_throughput.py
+	$(PY) bench/sample_throughput.py
 
 clean-data:
 	rm -rf data/shapes data/shapes-codes runs/shapes

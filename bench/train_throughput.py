@@ -23,8 +23,8 @@ import torch
 from omni.attention import Segment, Visibility, build_visibility
 from omni.model import IGNORE, ModelConfig, Transformer
 
-# The shapes demo's model (configs/shapes/model.yaml) with its vocabulary (391 BPE + 1024 codes).
-SHAPES = dict(dim=192, n_layers=6, n_heads=3, max_seq_len=256, vocab_size=1415)
+# The shapes demo's model (configs/shapes/model.yaml) with its vocabulary (391 BPE + 256 codes).
+SHAPES = dict(dim=192, n_layers=4, n_heads=3, max_seq_len=256, vocab_size=647)
 
 
 def matmul_peak(device: str, dtype: torch.dtype, n: int, seconds: float) -> float:

@@ -123,7 +123,7 @@ PRESETS: dict[str, ModelConfig] = {
     # tests: a few thousand parameters per block
     "tiny": ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256),
     # the CPU demo on shapes code shards
-    "shapes": ModelConfig(dim=192, n_layers=6, n_heads=3, max_seq_len=256),
+    "shapes": ModelConfig(dim=192, n_layers=4, n_heads=3, max_seq_len=256),
     # GPU runs (parameter counts exclude the embeddings, whose size depends on the vocabulary)
     "100m": ModelConfig(dim=768, n_layers=12, n_heads=12, max_seq_len=4096, qk_norm=True, z_loss=1e-5),
     "300m": ModelConfig(

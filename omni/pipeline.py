@@ -109,6 +109,17 @@ class OmniPipeline:
             out.append(to_tensor(rgb, res))
         return torch.stack(out).to(self.device)
 
+    def preview(self, image) -> Image.Image:
+        """An input image as the model sees it: RGB at the VQ's resolution."""
+        return to_pil(self._images([image]))[0]
+
+    def read_mask(self, path: str | Path) -> np.ndarray:
+        """An inpainting mask file -> (H, W) bool, True where a pixel is not black."""
+        try:
+            return np.asarray(load_rgb(path)).any(axis=-1)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"mask {path} cannot be read as an image: {e}") from e
+
     def _image_prompt(self, codes: torch.Tensor, task: str, question: list[int] | None = None) -> Prompt:
         s = self.vocab.special
         image = self.vocab.image_ids(codes).tolist()

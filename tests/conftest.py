@@ -58,3 +58,31 @@ def model_assets(shapes_dir, tmp_path_factory):
         encode_shard(vq, str(shard), codes / shard.name)
     (codes / "codes_info.json").write_text(json.dumps({"codebook_size": 64, "grid": 8}))
     return SimpleNamespace(root=out, tokenizer=out / "tokenizer.json", vq=out / "vq", codes=codes)
+
+
+@pytest.fixture(scope="session")
+def tiny_releases(model_assets, tmp_path_factory) -> dict[str, Path]:
+    """Release folders of an untrained tiny model over `model_assets`, one per image mode."""
+    from omni.checkpoint import save_pretrained
+    from omni.model import ModelConfig, Transformer
+    from omni.tokenizers.text import TextTokenizer
+    from omni.vocab import Vocab
+
+    root = tmp_path_factory.mktemp("releases")
+    vocab = Vocab.build(TextTokenizer.from_file(model_assets.tokenizer), codebook_size=64)
+    folders = {}
+    for mode in ("mask", "ar"):
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size, image_generation=mode))
+        generation = {"mask_steps": 3, "max_new_tokens": 6}
+        folders[mode] = root / mode
+        save_pretrained(
+            folders[mode],
+            model.state_dict(),
+            model.config,
+            vocab,
+            model_assets.tokenizer,
+            model_assets.vq,
+            generation,
+        )
+    return folders

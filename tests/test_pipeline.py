@@ -10,27 +10,11 @@ import torch
 from PIL import Image
 
 import omni
-from omni.checkpoint import save_pretrained
-from omni.model import ModelConfig, Transformer
-from omni.tokenizers.text import TextTokenizer
-from omni.vocab import Vocab
-
-
-def tiny_release(model_assets, folder, mode):
-    torch.manual_seed(0)
-    vocab = Vocab.build(TextTokenizer.from_file(model_assets.tokenizer), codebook_size=64)
-    model = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size, image_generation=mode))
-    generation = {"mask_steps": 3, "max_new_tokens": 6}
-    save_pretrained(
-        folder, model.state_dict(), model.config, vocab, model_assets.tokenizer, model_assets.vq, generation
-    )
-    return omni.load_pretrained(folder)
 
 
 @pytest.fixture(scope="module")
-def pipes(model_assets, tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipes")
-    return {mode: tiny_release(model_assets, root / mode, mode) for mode in ("mask", "ar")}
+def pipes(tiny_releases):
+    return {mode: omni.load_pretrained(folder) for mode, folder in tiny_releases.items()}
 
 
 def same(a: Image.Image, b: Image.Image) -> bool:

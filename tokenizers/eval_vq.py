@@ -10,6 +10,7 @@ same scene), split by one- and two-object scenes.
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -23,6 +24,7 @@ def main() -> int:
     parser.add_argument("--shards", required=True, help="image shard pattern, e.g. 'data/shapes/val-*.tar'")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", help="also write the JSON report to this file")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     try:
@@ -31,7 +33,11 @@ def main() -> int:
     except (VQFolderError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
     return 0
 
 

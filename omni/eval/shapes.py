@@ -375,20 +375,67 @@ def evaluate_shards(pattern: str, limit: int | None = None, blur_radius: int = 0
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m omni.eval.shapes",
-        description="Shapes analyzer. With --shards: score the ground-truth images and captions "
-        "of shapes shards (a self-check of the analyzer) and print JSON.",
+        description="The shapes analyzer and benchmark. With --model: generate, caption and answer "
+        "on validation samples with a trained model folder and print the accuracies as JSON "
+        "(t2i_accuracy, caption_accuracy, vqa_accuracy, each also _one/_two by object count; "
+        "images_per_second, captions_per_second). Without it: score the ground-truth images "
+        "and captions of --shards (a self-check of the analyzer).",
     )
-    parser.add_argument("--shards", required=True, help="shard pattern, e.g. 'data/shapes/val-*.tar'")
-    parser.add_argument("--limit", type=int, default=None, help="score at most this many samples")
     parser.add_argument(
-        "--blur-radius", type=int, default=0, help="blur images with a (2r+1)^2 box filter first (1 = 3x3)"
+        "--shards", help="image shard pattern (default with --model: 'data/shapes/val-*.tar')"
+    )
+    parser.add_argument("--model", help="model folder written by train.py: benchmark it")
+    parser.add_argument("--n", type=int, default=500, help="--model: validation samples to use (default 500)")
+    parser.add_argument(
+        "--tasks",
+        default="t2i,caption,vqa",
+        help="--model: comma-separated subset of t2i,caption,vqa (default all three)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="--model: samples generated at once")
+    parser.add_argument("--seed", type=int, default=0, help="--model: sampling seed (default 0)")
+    parser.add_argument("--device", default="cpu", help="--model: torch device (default cpu)")
+    parser.add_argument("--out", help="also write the JSON report to this file")
+    parser.add_argument("--limit", type=int, default=None, help="self-check: score at most this many samples")
+    parser.add_argument(
+        "--blur-radius", type=int, default=0, help="self-check: blur images with a (2r+1)^2 box filter first"
     )
     args = parser.parse_args(argv)
+    if args.model is None and args.shards is None:
+        parser.error("give --model FOLDER (benchmark a model) or --shards PATTERN (analyzer self-check)")
     try:
-        report = evaluate_shards(args.shards, args.limit, args.blur_radius)
-    except FileNotFoundError as e:
-        parser.error(str(e))
-    print(json.dumps(report, indent=2))
+        if args.model is not None:
+            from omni.checkpoint import ModelFolderError
+            from omni.eval.benchmark import run
+
+            tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+            unknown = set(tasks) - {"t2i", "caption", "vqa"}
+            if unknown or not tasks or args.n < 1 or args.batch_size < 1:
+                parser.error(
+                    f"--tasks takes t2i,caption,vqa (got {args.tasks!r}); --n and --batch-size must be >= 1"
+                )
+            try:
+                report = run(
+                    args.model,
+                    args.shards or "data/shapes/val-*.tar",
+                    args.n,
+                    device=args.device,
+                    batch_size=args.batch_size,
+                    seed=args.seed,
+                    tasks=tasks,
+                )
+            except ModelFolderError as e:
+                parser.exit(2, f"error: {e}\n")
+        else:
+            report = evaluate_shards(args.shards, args.limit, args.blur_radius)
+    except (FileNotFoundError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+    text = json.dumps(report, indent=2)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
     return 0
 
 

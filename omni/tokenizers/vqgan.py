@@ -6,9 +6,9 @@
 
 Two architectures, chosen per scale by measurement:
 
-* `patch` (32 px on a CPU): a stride-f patchify convolution, residual 1x1 MLP blocks and one
-  3x3 block for context; the decoder mirrors it and ends in a pixel shuffle. Cheap enough to
-  train in minutes on two cores.
+* `patch` (32 px on a CPU): a stride-f patchify convolution, residual 1x1 MLP blocks and (with
+  `patch_context`) one 3x3 block for context; the decoder mirrors it and ends in a pixel
+  shuffle. Cheap enough to train in minutes on two cores.
 * `conv` (256 px on GPUs): the taming / LlamaGen stack of residual 3x3 blocks with GroupNorm
   and stride-2 downsampling, nearest-neighbour upsampling in the decoder.
 
@@ -44,6 +44,10 @@ class VQConfig:
     """`conv` only: width multiplier per resolution level (len = log2(downsample) + 1)."""
     num_blocks: int = 2
     """Residual blocks per level (`conv`) or MLP blocks (`patch`)."""
+    patch_context: bool = True
+    """`patch` only: let each code see its neighbours (a 3x3 block) and the image's statistics
+    (GroupNorm). False makes a code a function of its own patch alone, so identical patches
+    always get the same code: a much smaller code language for the Transformer to learn."""
     codebook_size: int = 1024
     code_dim: int = 8
     beta: float = 0.25
@@ -86,7 +90,13 @@ class VQConfig:
 PRESETS: dict[str, VQConfig] = {
     # 32 px shapes on a CPU: 8x8 codes.
     "shapes-32": VQConfig(
-        resolution=32, architecture="patch", downsample=4, channels=48, num_blocks=2, codebook_size=1024
+        resolution=32,
+        architecture="patch",
+        downsample=4,
+        channels=48,
+        num_blocks=2,
+        patch_context=False,
+        codebook_size=256,
     ),
     # taming / LlamaGen shapes for 256 px: 16x16 and 32x32 codes.
     "f16-256": VQConfig(
@@ -114,19 +124,30 @@ PRESETS: dict[str, VQConfig] = {
 # Building blocks
 
 
-def _norm(c: int) -> nn.GroupNorm:
+def _norm(c: int, local: bool = False) -> nn.Module:
+    if local:
+        return ChannelNorm(c)
     return nn.GroupNorm(math.gcd(32, c), c, eps=1e-6)  # 32 groups where the width allows
 
 
-class ResBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv, twice, with a residual (kernel 3 for `conv`, 1 for MLP blocks)."""
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each position of a (B, C, H, W) map: no spatial mixing."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int = 3):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ResBlock(nn.Module):
+    """Norm -> SiLU -> conv, twice, with a residual (kernel 3 for `conv`, 1 for MLP blocks).
+
+    `local` swaps GroupNorm for a per-position norm, so a 1x1 block never mixes positions."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 3, local: bool = False):
         super().__init__()
         pad = kernel // 2
         self.body = nn.Sequential(
-            _norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, kernel, padding=pad),
-            _norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, kernel, padding=pad),
+            _norm(c_in, local), nn.SiLU(), nn.Conv2d(c_in, c_out, kernel, padding=pad),
+            _norm(c_out, local), nn.SiLU(), nn.Conv2d(c_out, c_out, kernel, padding=pad),
         )  # fmt: skip
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -135,13 +156,14 @@ class ResBlock(nn.Module):
 
 
 def _patch_encoder(cfg: VQConfig) -> nn.Sequential:
-    c, f = cfg.channels, cfg.downsample
-    blocks = [ResBlock(c, c, kernel=1) for _ in range(cfg.num_blocks)]
+    c, f, local = cfg.channels, cfg.downsample, not cfg.patch_context
+    blocks = [ResBlock(c, c, kernel=1, local=local) for _ in range(cfg.num_blocks)]
+    context = [] if local else [ResBlock(c, c, kernel=3)]
     return nn.Sequential(
         nn.Conv2d(3, c, f, stride=f),
         *blocks,
-        ResBlock(c, c, kernel=3),
-        _norm(c),
+        *context,
+        _norm(c, local),
         nn.SiLU(),
         nn.Conv2d(c, cfg.code_dim, 1),
     )

@@ -1,0 +1,58 @@
+"""The demo driver: its stages are the documented commands, and it summarises what they wrote."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from omni import demo
+from tests.conftest import REPO
+
+
+def test_stages_name_existing_entry_points_and_configs():
+    for name, argv in demo.STAGES:
+        for arg in argv[1:]:
+            if arg.endswith((".py", ".yaml", ".txt")) and not arg.startswith("demo/"):
+                assert (REPO / arg).is_file(), f"stage {name}: {arg} does not exist"
+
+
+def test_summary_collects_benchmark_tokenizer_and_minutes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "demo"
+    (root / "t2i").mkdir(parents=True)
+    (root / "captions").mkdir()
+    bench = {key: 0.5 for key in demo.SUMMARY_KEYS} | {"n": 500}
+    (root / "benchmark.json").write_text(json.dumps(bench))
+    (root / "vq.json").write_text(json.dumps({"scene_accuracy": 0.97, "psnr": 29.0}))
+    items = [{"prompt": f"p{i // 2}", "image": f"{i:04d}.png"} for i in range(4)]
+    (root / "t2i" / "results.json").write_text(json.dumps({"items": items}))
+    (root / "captions" / "results.json").write_text(
+        json.dumps({"items": [{"caption": "c0"}, {"caption": "c1"}]})
+    )
+    Image.new("RGB", (8, 8)).save(root / "t2i" / "grid.png")
+
+    summary = demo.summarize({"model": 18.0, "benchmark": 2.0})
+    saved = json.loads((root / "summary.json").read_text())
+    assert saved == summary
+    assert all(summary[key] == 0.5 for key in demo.SUMMARY_KEYS)
+    assert summary["scene_accuracy"] == 0.97 and summary["total_minutes"] == 20.0
+    assert summary["round_trip"] == [
+        {"prompt": "p0", "caption_of_generated_image": "c0"},
+        {"prompt": "p1", "caption_of_generated_image": "c1"},
+    ]
+    assert (root / "grid.png").is_file()
+    # A later partial run keeps the minutes of the stages it did not redo.
+    assert demo.summarize({"benchmark": 1.0})["minutes"] == {"model": 18.0, "benchmark": 1.0}
+    text = demo.table(summary)
+    assert "t2i_accuracy" in text and "50.0%" in text and "minutes total" in text
+
+
+def test_list_and_a_failing_stage(monkeypatch, capsys):
+    assert demo.main(["--list"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in demo.STAGE_NAMES)
+    monkeypatch.setattr(demo, "STAGES", [("broken", ["false"])])
+    with pytest.raises(SystemExit, match="--from broken"):
+        demo.run_stages(["broken"])
