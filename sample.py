@@ -148,7 +148,13 @@ def run(args) -> dict:
     out = Path(args.out or f"samples/{args.command}")
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("command", "prompts", "images", "out")}
-    record = {"command": args.command, "model": str(args.model), "settings": settings, "items": []}
+    record = {
+        "command": args.command,
+        "model": str(args.model),
+        "out": str(out),
+        "settings": settings,
+        "items": [],
+    }
     grid_images = []
     start = time.perf_counter()
 
@@ -231,10 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelFolderError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out or f"samples/{args.command}")
     for item in record["items"]:
         print(json.dumps(item))
-    print(f"wrote {len(record['items'])} result(s) to {out}/results.json in {record['seconds']:.1f} s")
+    print(
+        f"wrote {len(record['items'])} result(s) to {record['out']}/results.json in {record['seconds']:.1f} s"
+    )
     return 0
 
 
