@@ -4,8 +4,9 @@ A packed sequence holds documents; a document holds text and image blocks. The r
 
 * packed documents never see each other;
 * text is causal;
-* inside an image block attention is bidirectional (mask mode) or causal (ar mode), and an
-  image token also sees everything before its block;
+* inside an image block attention is bidirectional (mask mode, and any image that is read
+  rather than generated) or causal (generated in ar mode), and an image token also sees
+  everything before its block;
 * text after an image sees the whole image.
 
 All of it is two per-position vectors: `doc` (document id; -1 for padding, which sees only

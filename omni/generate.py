@@ -49,6 +49,7 @@ class Batch:
 
     tokens: torch.Tensor  # (B, P) padded prompt ids
     positions: torch.Tensor  # (B, length) rotary positions, 0 at each prompt's first token
+    image_index: torch.Tensor  # (B, length) index of each position inside its image block, else -1
     vis: object  # omni.attention.Visibility over (B, length)
     pad: list[int]  # left padding of each row
 
@@ -70,6 +71,7 @@ def layout(
     length = width + new_tokens
     tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(prompts), length), dtype=torch.long)
+    image_index = torch.full((len(prompts), length), -1, dtype=torch.long)
     segments, pads = [], []
     for row, p in enumerate(prompts):
         pad = width - len(p.ids)
@@ -84,6 +86,7 @@ def layout(
             blocks.append((width + new_image[0], width + new_image[1]))
         for s, e in blocks:
             cuts |= {s, e}
+            image_index[row, s:e] = torch.arange(e - s)
         edges = sorted(cuts)
         segs = []
         for s, e in zip(edges, edges[1:]):
@@ -91,7 +94,7 @@ def layout(
             segs.append(Segment(s, e, 0, image=is_image, bidirectional=bidirectional))
         segments.append(segs)
     vis = build_visibility(segments, length)
-    return Batch(tokens.to(device), positions.to(device), vis.to(device), pads)
+    return Batch(tokens.to(device), positions.to(device), image_index.to(device), vis.to(device), pads)
 
 
 def sample(
@@ -176,7 +179,13 @@ def prefill(model: Transformer, batch: Batch, new_tokens: int, use_cache: bool):
     if use_cache:
         weight = model.output.weight
         cache = KVCache(model.config, batch.tokens.shape[0], width + new_tokens, weight.device, weight.dtype)
-    logits = model(batch.tokens, batch.vis, positions=batch.positions[:, :width], cache=cache)
+    logits = model(
+        batch.tokens,
+        batch.vis,
+        positions=batch.positions[:, :width],
+        cache=cache,
+        image_index=batch.image_index[:, :width],
+    )
     return cache, logits[:, -1]
 
 
@@ -188,10 +197,20 @@ def step_logits(
     seq = torch.cat([seq, new[:, None]], dim=1)
     if cache is not None:
         out = model(
-            new[:, None], batch.vis, positions=batch.positions[:, pos : pos + 1], cache=cache, start=pos
+            new[:, None],
+            batch.vis,
+            positions=batch.positions[:, pos : pos + 1],
+            cache=cache,
+            start=pos,
+            image_index=batch.image_index[:, pos : pos + 1],
         )
     else:
-        out = model(seq, batch.vis, positions=batch.positions[:, : pos + 1])
+        out = model(
+            seq,
+            batch.vis,
+            positions=batch.positions[:, : pos + 1],
+            image_index=batch.image_index[:, : pos + 1],
+        )
     return seq, out[:, -1]
 
 
@@ -245,7 +264,8 @@ def generate_images_mask(
         if guidance > 0:
             image = torch.cat([image, image])
         seq = torch.cat([batch.tokens, image, eoi], dim=1)
-        logits = model(seq, batch.vis, positions=batch.positions)[:, width : width + grid]  # (B', grid, V)
+        logits = model(seq, batch.vis, positions=batch.positions, image_index=batch.image_index)
+        logits = logits[:, width : width + grid]  # (B', grid, V)
         logits = _restrict(_guided(logits, n, guidance), image_ids)  # guide first: -inf - -inf is NaN
         probs = (logits.float() / max(temperature, 1e-6)).softmax(-1)
         drawn = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(n, grid)
@@ -283,8 +303,14 @@ def generate_images_ar(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    initial: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """VQ codes (B, grid) in raster order, one token per step with a KV cache (ar mode)."""
+    """VQ codes (B, grid) in raster order, one token per step with a KV cache (ar mode).
+
+    `initial` (B, grid) gives known codes with -1 where a code is to be generated (inpainting):
+    known codes are fed in place of samples, so a generated code sees the known ones before it
+    in raster order (not those after it; mask mode sees both).
+    """
     device = model.output.weight.device
     n = len(captions)
     prompts = guided_t2i_prompts(vocab, captions, guidance)
@@ -294,9 +320,12 @@ def generate_images_ar(
     image_ids = vocab.image_id_mask(device)
     cache, logits = prefill(model, batch, grid, use_cache)
     seq = batch.tokens
+    known = None if initial is None else initial.to(device)
     out = []
     for i in range(grid):
         nxt = sample(_restrict(_guided(logits, n, guidance), image_ids), temperature, top_k, top_p, generator)
+        if known is not None:
+            nxt = torch.where(known[:, i] >= 0, vocab.image_ids(known[:, i]), nxt)
         out.append(nxt)
         if i == grid - 1:
             break

@@ -25,11 +25,47 @@ from omni.checkpoint import save_pretrained
 from omni.data.tasks import TASKS, TaskBuilder, task_loader
 from omni.generate import GENERATION_DEFAULTS
 from omni.model import IGNORE, ModelConfig, Transformer, token_losses
-from omni.tokenizers.export import read_vq_config
+from omni.tokenizers.export import load_vq, read_vq_config
 from omni.tokenizers.text import TextTokenizer
 from omni.vocab import Vocab
 
 log = logging.getLogger("omni")
+
+
+def resolve_image_fields(
+    config: ModelConfig, vocab: Vocab, vq: str | None
+) -> tuple[ModelConfig, torch.Tensor | None]:
+    """Fill the config's VQ-derived fields (-1 / 0) and check the given ones against the VQ folder.
+
+    Returns the config and, when `image_features` is on, the VQ's code appearance table.
+    """
+    if not (config.image_positions or config.image_features):
+        return config, None
+    if not vq:
+        raise ValueError("image_positions / image_features need the VQ folder (data.vq)")
+    vq_config = read_vq_config(vq)
+    codes_per_image = (vq_config.resolution // vq_config.downsample) ** 2
+    features = 3 * vq_config.downsample**2
+    wanted = {
+        "image_positions": codes_per_image,
+        "image_features": features,
+        "image_codes": vocab.codebook_size,
+    }
+    changes = {}
+    for name, value in wanted.items():
+        given = getattr(config, name)
+        derived = given == 0 if name == "image_codes" else given == -1
+        if derived:
+            changes[name] = value
+        elif given and given != value:
+            raise ValueError(
+                f"transformer.{name} {given} disagrees with the VQ at {vq} (which needs {value}); "
+                f"set it to -1 to take it from the VQ, or 0 to turn it off"
+            )
+    config = dataclasses.replace(config, **changes)
+    if not config.image_features:
+        return dataclasses.replace(config, image_codes=0), None
+    return config, load_vq(vq).code_appearance()
 
 
 class OmniLitModule(L.LightningModule):
@@ -88,6 +124,7 @@ class OmniLitModule(L.LightningModule):
                 f"transformer.vocab_size {config.vocab_size} disagrees with the vocabulary of the data "
                 f"({vocab.size} ids: {vocab.text_size} text + specials + {vocab.codebook_size} codes); set it to 0"
             )
+        config, appearance = resolve_image_fields(config, vocab, vq)
         self.config, self.vocab = config, vocab
         self.task_weights = {t: 1.0 for t in TASKS} | (task_weights or {})
         unknown = sorted(set(self.task_weights) - set(TASKS))
@@ -96,6 +133,8 @@ class OmniLitModule(L.LightningModule):
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         self.model = Transformer(config)
+        if appearance is not None:
+            self.model.code_features.copy_(appearance)
         self.ema = None
         if ema_decay > 0:
             self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
@@ -178,7 +217,9 @@ class OmniLitModule(L.LightningModule):
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         vis = Visibility(batch["doc"], batch["last"])
-        logits = self.model(batch["tokens"], vis, positions=batch["positions"])
+        logits = self.model(
+            batch["tokens"], vis, positions=batch["positions"], image_index=batch["image_index"]
+        )
         targets = batch["targets"]
         losses = token_losses(logits, targets)
         task = batch["task"][targets != IGNORE]

@@ -3,8 +3,8 @@
 Llama-style (RMSNorm, rotary positions, SwiGLU, optional grouped-query attention) with
 Chameleon's stabilisers available as options (QK-norm, z-loss). Attention follows the
 omni-attention rules of `omni.attention`: the caller passes per-position document ids and
-last-visible-key indices, so text is causal, image blocks are bidirectional (mask mode) or
-causal (ar mode), and packed documents are isolated.
+last-visible-key indices, so text is causal, image blocks are bidirectional (mask mode, and
+images that are read) or causal (generated in ar mode), and packed documents are isolated.
 
     config = ModelConfig.from_name("shapes", vocab_size=vocab.size)
     model = Transformer(config)
@@ -61,11 +61,26 @@ class ModelConfig:
     """Weight of the z-loss, mean squared log-partition of the output (Chameleon uses 1e-5)."""
     image_generation: str = "mask"
     """How images are generated: `mask` (MaskGIT/Show-o: bidirectional image block, masked-token
-    loss) or `ar` (Chameleon/LlamaGen: raster order, causal, next-token loss)."""
+    loss) or `ar` (Chameleon/LlamaGen: raster order, causal, next-token loss). Images that are
+    read (captioning, VQA) are bidirectional in both."""
     attention: str = "auto"
     """Attention backend: auto, sdpa, flex or xformers (see omni.attention)."""
     init_std: float = 0.02
     """Standard deviation of the initial weights."""
+    image_positions: int = 0
+    """Codes per image (e.g. 64 for an 8x8 grid) to learn one position embedding per image-token
+    index, added to the code embedding (MaskGIT/ViT style); 0: rotary positions only; -1: the
+    VQ's grid, filled in when training starts. With it, a code knows where in the image it sits
+    without counting its distance to <boi>."""
+    image_codes: int = 0
+    """How many VQ codes end the vocabulary (ids [vocab_size - image_codes, vocab_size)); used
+    by `image_features` (0: the vocabulary's codebook size, filled in when training starts)."""
+    image_features: int = 0
+    """Width of a fixed table of what each code looks like (its decoded RGB patch, 3*f*f values;
+    `VQModel.code_appearance`), projected by a learned matrix and added to the code embeddings:
+    codes that look alike start alike, instead of as unrelated ids (cf. Janus, whose image
+    inputs are an MLP of the VQ codebook vectors). 0: off; -1: filled in from the VQ when
+    training starts."""
 
     def __post_init__(self):
         # Fields keep 0 for "derived" (kv_heads, ffn_dim), so a config written from defaults
@@ -83,6 +98,11 @@ class ModelConfig:
             )
         if self.attention not in BACKENDS:
             problems.append(f"attention must be one of {BACKENDS}, got {self.attention!r}")
+        if self.image_positions < -1 or self.image_features < -1 or self.image_codes < 0:
+            problems.append(
+                "image_positions and image_features must be >= 0, or -1 (take it from the VQ when "
+                "training starts); image_codes >= 0"
+            )
         if min(self.vocab_size, self.n_layers - 1, self.max_seq_len - 1) < 0:
             problems.append("vocab_size >= 0, n_layers >= 1 and max_seq_len >= 1 are required")
         if problems:
@@ -246,8 +266,24 @@ class Transformer(nn.Module):
         super().__init__()
         if config.vocab_size < 1:
             raise ValueError("ModelConfig.vocab_size is 0: set it from the vocabulary (Vocab.size) first")
+        if min(config.image_positions, config.image_features) < 0 or (
+            config.image_features and not 0 < config.image_codes <= config.vocab_size
+        ):
+            raise ValueError(
+                f"image_positions {config.image_positions}, image_features {config.image_features} and "
+                f"image_codes {config.image_codes} must be resolved from the VQ first (OmniLitModule does it)"
+            )
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.dim)
+        self.image_position = (
+            nn.Embedding(config.image_positions, config.dim) if config.image_positions else None
+        )
+        self.code_projection = None
+        if config.image_features:
+            # A buffer, not a parameter: saved with the weights, never trained (set it from the VQ).
+            self.register_buffer("code_features", torch.zeros(config.image_codes, config.image_features))
+            self.code_projection = nn.Linear(config.image_features, config.dim, bias=False)
+            self.code_readout = nn.Linear(config.dim, config.image_features, bias=False)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
@@ -262,15 +298,20 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() == 1:
                 nn.init.ones_(p)  # norm weights
+            elif name.startswith(("code_projection", "code_readout")):
+                nn.init.zeros_(p)  # start as a plain embedding; learn how much the look helps
             elif name.endswith(("wo.weight", "w2.weight")):
                 nn.init.normal_(p, std=std / math.sqrt(2 * self.config.n_layers))
             else:
                 nn.init.normal_(p, std=std)
 
     def num_params(self, embedding: bool = False) -> int:
-        """Parameter count; without the input embedding (a lookup, not a matmul) by default."""
+        """Parameter count; without the input embeddings (lookups, not matmuls) by default."""
         n = sum(p.numel() for p in self.parameters())
-        return n if embedding else n - self.embedding.weight.numel()
+        if embedding:
+            return n
+        lookups = [self.embedding] + ([self.image_position] if self.image_position is not None else [])
+        return n - sum(m.weight.numel() for m in lookups)
 
     def backend(self, device) -> str:
         if self._backend is None:
@@ -292,12 +333,15 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         start: int = 0,
+        image_index: torch.Tensor | None = None,
     ):
         """Logits (B, T, V) for `tokens` (B, T) at sequence positions [start, start+T).
 
         `vis` describes the whole sequence (at least start+T positions; default: one causal
         document). `positions` are rotary positions (B, T) (default start..start+T). With a
         `cache`, keys and values of [start, start+T) are stored and [0, start) are read from it.
+        `image_index` (B, T) is each token's index inside its image block, -1 outside images
+        (needed when the config has `image_positions`; default: no image tokens).
         With `targets`, returns (logits, loss).
         """
         b, t = tokens.shape
@@ -313,18 +357,43 @@ class Transformer(nn.Module):
         mask = OmniMask(vis, self.backend(tokens.device), self.config.n_heads, q_start=start, q_end=start + t)
         rope = rotary_tables(positions, self.config.head_dim, self.config.rope_base)
         x = self.embedding(tokens)  # (B, T, C)
+        if self.code_projection is not None:
+            code = tokens - (self.config.vocab_size - self.config.image_codes)
+            is_code = (code >= 0)[..., None].to(x.dtype)
+            x = x + self.code_projection(self.code_features[code.clamp_min(0)].to(x.dtype)) * is_code
+        if self.image_position is not None and image_index is not None:
+            x = x + self._image_position_embedding(image_index)
         for block in self.blocks:
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, rope, mask, cache, start, use_reentrant=False)
             else:
                 x = block(x, rope, mask, cache, start)
-        logits = self.output(self.norm(x))  # (B, T, V)
+        h = self.norm(x)
+        logits = self.output(h)  # (B, T, V)
+        if self.code_projection is not None:
+            # Output side of the table: a code's logit also scores how well its look matches a
+            # predicted look, so "some red patch" raises every red code at once.
+            looks = self.code_readout(h) @ self.code_features.to(h.dtype).t()  # (B, T, image_codes)
+            logits = torch.cat(
+                [logits[..., : -self.config.image_codes], logits[..., -self.config.image_codes :] + looks], -1
+            )
         if targets is None:
             return logits
         losses = token_losses(logits, targets)
         if losses.ce.numel() == 0:
             return logits, logits.sum() * 0.0
         return logits, losses.ce.mean() + self.config.z_loss * losses.lse_sq.mean()
+
+    def _image_position_embedding(self, image_index: torch.Tensor) -> torch.Tensor:
+        inside = image_index >= 0
+        if image_index.shape[1] and int(image_index.max()) >= self.config.image_positions:
+            raise ValueError(
+                f"an image block of {int(image_index.max()) + 1} codes is longer than the model's "
+                f"image_positions {self.config.image_positions}: was the model trained with another VQ?"
+            )
+        return self.image_position(image_index.clamp_min(0)) * inside[..., None].to(
+            self.embedding.weight.dtype
+        )
 
 
 class TokenLosses(NamedTuple):

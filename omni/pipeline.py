@@ -5,7 +5,7 @@
     captions = pipe.caption(images)                                       # strings
     answers = pipe.answer(images, ["what color is the circle?"])
     texts = pipe.generate_text(["a blue"])
-    filled = pipe.inpaint(images[0], (0, 0, 16, 16), "a green square")   # mask-mode models
+    filled = pipe.inpaint(images[0], (0, 0, 16, 16), "a green square")
 
 Images may be PIL images, paths, or tensors (3, H, W) in [-1, 1]; any mode or size is converted
 to RGB at the VQ's resolution (shorter side resized, centre cropped). Results are seeded and
@@ -169,19 +169,7 @@ class OmniPipeline:
         out = []
         for i in range(0, len(captions), batch_size):
             chunk = captions[i : i + batch_size]
-            if self.model.config.image_generation == "mask":
-                codes = self._mask_codes(chunk, steps, guidance, temperature, generator)
-            else:
-                codes = generate_images_ar(
-                    self.model,
-                    self.vocab,
-                    chunk,
-                    self.grid,
-                    guidance=self._option("guidance_scale", guidance),
-                    temperature=self._option("temperature", temperature),
-                    top_k=self._option("top_k", None),
-                    generator=generator,
-                )
+            codes = self._image_codes(chunk, steps, guidance, temperature, generator)
             out += to_pil(self.vq.decode(codes))
         return out
 
@@ -245,15 +233,15 @@ class OmniPipeline:
         temperature: float | None = None,
         seed: int = 0,
     ) -> Image.Image:
-        """Regenerate a region of an image conditioned on `prompt` (mask-mode models).
+        """Regenerate a region of an image conditioned on `prompt`.
 
         `region` is a box (x0, y0, x1, y1) in pixels of the VQ resolution, or a boolean mask
         (H, W) of that size; every code whose patch the region touches is regenerated. A box
         reaching outside the image is clipped (with a warning); one entirely outside is an error.
-        For outpainting, give the area to replace (e.g. a border).
+        For outpainting, give the area to replace (e.g. a border). A mask-mode model fills the
+        region seeing every kept code; an ar-mode model fills it in raster order, seeing the kept
+        codes above and to the left of each new one (`steps` applies to mask mode only).
         """
-        if self.model.config.image_generation != "mask":
-            raise ValueError("inpainting needs a mask-mode model (its image_generation is 'ar')")
         codes = self.vq.encode(self._images([image]))[0]
         filled = self.inpaint_codes(
             codes, region, prompt, steps=steps, guidance=guidance, temperature=temperature, seed=seed
@@ -275,7 +263,7 @@ class OmniPipeline:
         """`inpaint` on an image's codes (grid,): the codes outside the region come back unchanged."""
         keep = ~self._region_codes(region).flatten().to(codes.device)
         initial = torch.where(keep, codes, torch.full_like(codes, -1))[None]
-        filled = self._mask_codes(
+        filled = self._image_codes(
             [self._t2i_ids(prompt)], steps, guidance, temperature, self._generator(seed), initial
         )
         return filled[0]
@@ -286,16 +274,30 @@ class OmniPipeline:
             prompt, self.model.config.max_seq_len - self.grid - 6, "prompt"
         )  # t2i bos eos boi eoi
 
-    def _mask_codes(self, captions, steps, guidance, temperature, generator, initial=None) -> torch.Tensor:
-        """Mask-mode generation with this folder's defaults for the options left None."""
-        return generate_images_mask(
+    def _image_codes(self, captions, steps, guidance, temperature, generator, initial=None) -> torch.Tensor:
+        """Codes (B, grid) by the model's generation mode, with this folder's defaults for options left None."""
+        guidance = self._option("guidance_scale", guidance)
+        temperature = self._option("temperature", temperature)
+        if self.model.config.image_generation == "mask":
+            return generate_images_mask(
+                self.model,
+                self.vocab,
+                captions,
+                self.grid,
+                steps=self._option("mask_steps", steps),
+                guidance=guidance,
+                temperature=temperature,
+                generator=generator,
+                initial=initial,
+            )
+        return generate_images_ar(
             self.model,
             self.vocab,
             captions,
             self.grid,
-            steps=self._option("mask_steps", steps),
-            guidance=self._option("guidance_scale", guidance),
-            temperature=self._option("temperature", temperature),
+            guidance=guidance,
+            temperature=temperature,
+            top_k=self._option("top_k", None),
             generator=generator,
             initial=initial,
         )

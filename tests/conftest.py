@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def model_assets(shapes_dir, tmp_path_factory):
 def tiny_releases(model_assets, tmp_path_factory) -> dict[str, Path]:
     """Release folders of an untrained tiny model over `model_assets`, one per image mode."""
     from omni.checkpoint import save_pretrained
+    from omni.lit import resolve_image_fields
     from omni.model import ModelConfig, Transformer
     from omni.tokenizers.text import TextTokenizer
     from omni.vocab import Vocab
@@ -73,7 +75,15 @@ def tiny_releases(model_assets, tmp_path_factory) -> dict[str, Path]:
     folders = {}
     for mode in ("mask", "ar"):
         torch.manual_seed(0)
-        model = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size, image_generation=mode))
+        config = ModelConfig.from_name("tiny", vocab_size=vocab.size, image_generation=mode)
+        appearance = None
+        if mode == "ar":  # the demo's image fields, taken from the VQ as training does
+            config = dataclasses.replace(config, image_positions=-1, image_features=-1)
+            config, appearance = resolve_image_fields(config, vocab, str(model_assets.vq))
+        model = Transformer(config)
+        if appearance is not None:
+            model.code_features.copy_(appearance)
+            torch.nn.init.normal_(model.code_readout.weight, std=0.02)  # zero at init: make it matter
         generation = {"mask_steps": 3, "max_new_tokens": 6}
         folders[mode] = root / mode
         save_pretrained(

@@ -25,10 +25,25 @@ def setup(model_assets):
     tok = TextTokenizer.from_file(model_assets.tokenizer)
     vocab = Vocab.build(tok, codebook_size=64)
     torch.manual_seed(0)
+    # Learned image positions in both, and the code appearance table (random here, with its
+    # zero-initialised projections made non-zero) in ar: the samplers must feed them alike.
     models = {
-        mode: Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size, image_generation=mode)).eval()
+        mode: Transformer(
+            ModelConfig.from_name(
+                "tiny",
+                vocab_size=vocab.size,
+                image_generation=mode,
+                image_positions=GRID,
+                image_codes=64 if mode == "ar" else 0,
+                image_features=12 if mode == "ar" else 0,
+            )
+        ).eval()
         for mode in ("mask", "ar")
     }
+    ar = models["ar"]
+    ar.code_features.normal_()
+    torch.nn.init.normal_(ar.code_projection.weight, std=0.02)
+    torch.nn.init.normal_(ar.code_readout.weight, std=0.02)
     return tok, vocab, models
 
 
@@ -70,6 +85,11 @@ def test_ar_image_generation_with_kv_cache_equals_recomputation(setup):
     a = generate_images_ar(models["ar"], vocab, captions, GRID, generator=g())
     b = generate_images_ar(models["ar"], vocab, captions, GRID, generator=g())
     assert torch.equal(a, b)
+    initial = torch.full((2, GRID), -1)
+    initial[:, ::3] = 5  # inpainting: known codes are kept, the rest generated around them
+    c = generate_images_ar(models["ar"], vocab, captions, GRID, generator=g(), initial=initial)
+    assert (c[:, ::3] == 5).all() and (c >= 0).all()
+    assert torch.equal(c[:, :1], initial[:, :1]) and not torch.equal(c, a)
 
 
 def test_mask_generation_fills_every_code_deterministically_and_keeps_known_ones(setup):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -34,7 +35,7 @@ def test_config_validation_and_presets():
     assert 0.9e8 < counts["100m"] < 1.5e8 and 0.8e9 < counts["1b"] < 1.3e9
 
 
-def tiny_batch(model_assets, mode: str, seed: int = 0):
+def tiny_batch(model_assets, mode: str, seed: int = 0, tasks=("t2i", "mmu")):
     tok = TextTokenizer.from_file(model_assets.tokenizer)
     vocab = Vocab.build(tok, codebook_size=64)
     b = TaskBuilder(vocab, tok, mode, caption_dropout=0.0)
@@ -43,10 +44,8 @@ def tiny_batch(model_assets, mode: str, seed: int = 0):
     docs = []
     for i, caption in enumerate(captions):
         codes = [(7 * i + j) % 64 for j in range(16)]
-        docs += [b.t2i(codes, caption, rng), b.mmu(codes, caption)]
-    packer = Packer(
-        seq_len=96, batch_size=8, pad_id=vocab.special("pad"), bidirectional_images=mode == "mask"
-    )
+        docs += [b.t2i(codes, caption, rng)] * ("t2i" in tasks) + [b.mmu(codes, caption)] * ("mmu" in tasks)
+    packer = Packer(seq_len=96, batch_size=8, pad_id=vocab.special("pad"))
     batches = [x for d in docs for x in packer.add(d)] + packer.flush()
     return vocab, batches[0]
 
@@ -73,7 +72,7 @@ def test_loss_falls_on_a_tiny_batch(model_assets, mode):
 def test_kv_cache_decoding_equals_the_full_forward(model_assets):
     """ar mode: prefill a packed prefix, then one token at a time; logits match a full pass."""
     torch.manual_seed(0)
-    vocab, batch = tiny_batch(model_assets, "ar")
+    vocab, batch = tiny_batch(model_assets, "ar", tasks=("t2i",))  # (mmu images are bidirectional)
     config = ModelConfig.from_name("tiny", vocab_size=vocab.size, image_generation="ar")  # GQA: 4 heads, 2 kv
     model = Transformer(config).eval()
     tokens, positions = batch["tokens"][:2], batch["positions"][:2]
@@ -91,6 +90,43 @@ def test_kv_cache_decoding_equals_the_full_forward(model_assets):
     assert torch.allclose(incremental, full, atol=1e-4), (incremental - full).abs().max()
     with pytest.raises(ValueError, match="KV cache holds"):
         model(tokens[:, :4], vis, cache=KVCache(config, 2, 8), start=6)
+
+
+def test_image_positions_and_code_appearance_table(model_assets):
+    torch.manual_seed(0)
+    vocab, batch = tiny_batch(model_assets, "mask")
+    tokens, positions, index = batch["tokens"], batch["positions"], batch["image_index"]
+    vis = Visibility(batch["doc"], batch["last"])
+    base = ModelConfig.from_name("tiny", vocab_size=vocab.size)
+    config = dataclasses.replace(base, image_positions=16, image_codes=64, image_features=12)
+    with pytest.raises(ValueError, match="resolved from the VQ first"):
+        Transformer(dataclasses.replace(config, image_features=-1))
+    plain, model = Transformer(base).eval(), Transformer(config).eval()
+    model.load_state_dict(plain.state_dict(), strict=False)
+    model.code_features.normal_()
+    with torch.no_grad():
+        model.image_position.weight.zero_()
+        # The table's projections start at zero: the model starts as the plain one.
+        assert torch.allclose(
+            model(tokens, vis, positions=positions, image_index=index),
+            plain(tokens, vis, positions=positions),
+        )
+        torch.nn.init.normal_(model.code_readout.weight, std=0.1)
+        out = model(tokens, vis, positions=positions, image_index=index)
+        ref = plain(tokens, vis, positions=positions)
+    codes = slice(vocab.size - 64, vocab.size)
+    assert torch.allclose(out[..., : codes.start], ref[..., : codes.start])  # text logits untouched
+    assert not torch.allclose(out[..., codes], ref[..., codes])  # code logits score the predicted look
+    with torch.no_grad():
+        model.code_readout.weight.zero_()
+        model.image_position.weight.normal_()
+        moved = model(tokens, vis, positions=positions, image_index=index)
+    first_image = int((index[0] >= 0).nonzero()[0])  # positions reach a token from the first image code on
+    assert torch.allclose(moved[0, :first_image], ref[0, :first_image], atol=1e-5)
+    assert not torch.allclose(moved[0, first_image], ref[0, first_image])
+    with pytest.raises(ValueError, match="longer than the model's image_positions 16"):
+        model(tokens[:, :4], vis, image_index=torch.full((tokens.shape[0], 4), 16))
+    assert model.num_params() == plain.num_params() + 2 * 12 * config.dim
 
 
 def test_activation_checkpointing_gives_the_same_gradients(model_assets):

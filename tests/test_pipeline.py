@@ -52,8 +52,9 @@ def test_understanding_accepts_paths_pil_and_tensors_of_any_mode(pipes, tmp_path
     assert len(texts) == 2 and texts == pipe.generate_text(["a red", "there is a"])
 
 
-def test_inpainting_keeps_the_codes_outside_the_region(pipes):
-    pipe = pipes["mask"]
+@pytest.mark.parametrize("mode", ["mask", "ar"])
+def test_inpainting_keeps_the_codes_outside_the_region(pipes, mode):
+    pipe = pipes[mode]
     image = pipe.generate_images(["a red circle"], seed=0)[0]
     filled = pipe.inpaint(image, (0, 0, 16, 8), "a blue square", seed=0)
     assert isinstance(filled, Image.Image) and filled.size == (32, 32)
@@ -76,8 +77,6 @@ def test_bad_inputs_get_clear_messages(pipes, tmp_path, caplog):
         pipe.inpaint(Image.new("RGB", (32, 32)), (10, 10, 5, 20), "x")
     with pytest.raises(ValueError, match="must be 32x32"):
         pipe.inpaint(Image.new("RGB", (32, 32)), np.ones((8, 8), dtype=bool), "x")
-    with pytest.raises(ValueError, match="needs a mask-mode model"):
-        pipes["ar"].inpaint(Image.new("RGB", (32, 32)), (0, 0, 8, 8), "x")
     with caplog.at_level(logging.WARNING, logger="omni"):
         pipe.inpaint(Image.new("RGB", (32, 32)), (-5, -5, 8, 8), "x")
     assert "clipped" in caplog.text

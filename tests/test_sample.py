@@ -152,8 +152,3 @@ def test_clear_errors(tiny_releases, tmp_path, capsys):
         == 2
     )
     assert "outside" in capsys.readouterr().err
-    assert (
-        run("inpaint", "--model", tiny_releases["ar"], "--out", tmp_path / "o", source, "--box", 0, 0, 8, 8)
-        == 2
-    )
-    assert "mask-mode" in capsys.readouterr().err

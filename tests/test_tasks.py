@@ -79,7 +79,7 @@ def test_packing_isolates_documents_and_restarts_positions(parts):
     tok, vocab = parts
     b = TaskBuilder(vocab, tok, "mask", caption_dropout=0.0)
     docs = [b.t2i(CODES, "a red circle", random.Random(1)), b.lm("a blue square"), b.mmu(CODES, "two shapes")]
-    packer = Packer(seq_len=48, batch_size=2, pad_id=vocab.special("pad"), bidirectional_images=True)
+    packer = Packer(seq_len=48, batch_size=2, pad_id=vocab.special("pad"))
     out = [batch for d in docs for batch in packer.add(d)] + packer.flush()
     assert len(out) == 1
     batch = out[0]
@@ -95,6 +95,22 @@ def test_packing_isolates_documents_and_restarts_positions(parts):
     task = batch["task"]
     assert set(task[batch["targets"] != IGNORE].tolist()) == {TASKS.index(t) for t in ("t2i", "lm", "mmu")}
     assert (task[batch["targets"] == IGNORE] == -1).all()
+    index = batch["image_index"]
+    assert index[0, s:e].tolist() == list(range(e - s)) and (index[0, :s] == -1).all()
+    assert (index[0, e:first] == -1).all() and index[1, :second].max() == len(CODES) - 1
+
+
+def test_ar_mode_makes_only_generated_images_causal(parts):
+    tok, vocab = parts
+    b = TaskBuilder(vocab, tok, "ar", caption_dropout=0.0)
+    docs = [b.t2i(CODES, "a red circle", random.Random(1)), b.mmu(CODES, "a red circle")]
+    packer = Packer(seq_len=64, batch_size=2, pad_id=vocab.special("pad"))
+    batch = ([x for d in docs for x in packer.add(d)] + packer.flush())[0]
+    mask = Visibility(batch["doc"], batch["last"]).dense_mask()[0, 0]  # both documents share row 0
+    s, e = docs[0].image
+    assert not mask[s, e - 1] and mask[e - 1, s]  # t2i: raster order, each code sees the earlier ones
+    s, e = (i + len(docs[0]) for i in docs[1].image)
+    assert mask[s, e - 1]  # mmu: the image is read whole, as the caption sampler lays it out
 
 
 def test_loader_mixes_tasks_from_code_shards_and_counts_overlong(parts, model_assets, caplog):

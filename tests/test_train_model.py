@@ -113,3 +113,37 @@ def test_a_tiny_run_trains_validates_and_releases(model_assets, tmp_path):
 
     meta = json.loads((out / "model" / "config.json").read_text())
     assert meta["trained_steps"] == 40
+
+
+def test_image_fields_are_taken_from_the_vq_or_checked_against_it(model_assets):
+    from dataclasses import replace
+
+    from omni.lit import resolve_image_fields
+    from omni.model import ModelConfig
+    from omni.tokenizers import load_vq
+    from omni.tokenizers.text import TextTokenizer
+    from omni.vocab import Vocab
+
+    vq = load_vq(model_assets.vq)
+    vocab = Vocab.build(TextTokenizer.from_file(model_assets.tokenizer), vq.config.codebook_size)
+    f, side = vq.config.downsample, vq.config.resolution // vq.config.downsample
+    base = ModelConfig.from_name("tiny", vocab_size=vocab.size)
+    config, table = resolve_image_fields(
+        replace(base, image_positions=-1, image_features=-1), vocab, str(model_assets.vq)
+    )
+    assert (config.image_positions, config.image_features, config.image_codes) == (side * side, 3 * f * f, 64)
+    assert table.shape == (64, 3 * f * f) and table.abs().max() <= 1
+    # Row c is the centre patch of code c decoded as a 3x3 tile, flattened channel-first.
+    c = 5
+    image = vq.decode(torch.full((1, 3, 3), c))[0].clamp(-1, 1)
+    assert torch.allclose(table[c].view(3, f, f), image[:, f : 2 * f, f : 2 * f], atol=1e-5)
+    assert len({tuple(row.round(decimals=3).tolist()) for row in table}) > 32  # codes look different
+    config, table = resolve_image_fields(
+        replace(base, image_positions=side * side), vocab, str(model_assets.vq)
+    )
+    assert table is None and config.image_features == 0 and config.image_codes == 0
+    with pytest.raises(ValueError, match=f"image_positions 10 disagrees .* needs {side * side}"):
+        resolve_image_fields(replace(base, image_positions=10), vocab, str(model_assets.vq))
+    with pytest.raises(ValueError, match="need the VQ folder"):
+        resolve_image_fields(replace(base, image_features=-1), vocab, None)
+    assert resolve_image_fields(base, vocab, None) == (base, None)

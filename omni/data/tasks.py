@@ -10,13 +10,15 @@ document of one task, drawn by the configured mixing ratios:
 
 Image tokens follow the model's generation mode. In `mask` mode the image block is
 bidirectional; for t2i a cosine-sampled fraction of its codes is replaced by <mask> and the
-loss is on those positions (target: the code itself). In `ar` mode the block is causal and
-every position predicts the next token. A t2i caption is dropped with probability
+loss is on those positions (target: the code itself). In `ar` mode a t2i image block is causal
+and every position predicts the next token. Images that are read, not generated (mmu, vqa), are
+bidirectional in both modes, as the samplers lay them out. A t2i caption is dropped with probability
 `caption_dropout`, which teaches the unconditional model that classifier-free guidance needs.
 
 Documents are packed greedily into rows of `seq_len` tokens; each row carries the tokens,
 targets (IGNORE where there is no loss), rotary positions (restarting at 0 in each document),
-the omni-attention vectors (doc, last) and the task of each target.
+the index of each image code inside its image (-1 elsewhere; for learned image positions), the
+omni-attention vectors (doc, last) and the task of each target.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Document:
     targets: list[int]
     image: tuple[int, int] | None = None  # [start, end) of the image codes within the document
     key: str = ""
+    causal_image: bool = False  # the image block is generated raster-order (ar-mode t2i)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -98,7 +101,7 @@ class TaskBuilder:
                 targets[p], tokens[p] = tokens[p], i["mask"]
         else:
             targets = next_token_targets(tokens, start, end)
-        return Document("t2i", tokens, targets, (start, end), key)
+        return Document("t2i", tokens, targets, (start, end), key, causal_image=self.image_generation == "ar")
 
     def _image_prefix(self, task: str, codes) -> tuple[list[int], tuple[int, int]]:
         image = self._image(codes)
@@ -172,7 +175,6 @@ class Packer:
     seq_len: int
     batch_size: int
     pad_id: int
-    bidirectional_images: bool
     rows: list[list[Document]] = field(default_factory=list)
     current: list[Document] = field(default_factory=list)
     used: int = 0
@@ -203,6 +205,7 @@ class Packer:
         targets = torch.full((b, t), IGNORE, dtype=torch.long)
         positions = torch.zeros((b, t), dtype=torch.long)
         task = torch.full((b, t), -1, dtype=torch.long)
+        image_index = torch.full((b, t), -1, dtype=torch.long)
         segments, keys = [], []
         for r, docs in enumerate(rows):
             segs, offset = [], 0
@@ -217,11 +220,10 @@ class Packer:
                     segs.append(Segment(offset, offset + n, d))
                 else:
                     s, e = doc.image
+                    image_index[r, offset + s : offset + e] = torch.arange(e - s)
                     segs.append(Segment(offset, offset + s, d))
                     segs.append(
-                        Segment(
-                            offset + s, offset + e, d, image=True, bidirectional=self.bidirectional_images
-                        )
+                        Segment(offset + s, offset + e, d, image=True, bidirectional=not doc.causal_image)
                     )
                     if e < n:
                         segs.append(Segment(offset + e, offset + n, d))
@@ -236,6 +238,7 @@ class Packer:
             "doc": vis.doc,
             "last": vis.last,
             "task": task,
+            "image_index": image_index,
             "keys": keys,
         }
 
@@ -259,7 +262,7 @@ def pack_stage(
     rng = random.Random(seed)
     tasks = [t for t in TASKS if ratios.get(t, 0) > 0]
     weights = [ratios[t] for t in tasks]
-    packer = Packer(seq_len, batch_size, builder.vocab.special("pad"), builder.image_generation == "mask")
+    packer = Packer(seq_len, batch_size, builder.vocab.special("pad"))
     codebook_size = builder.vocab.codebook_size
     for sample in src:
         codes = sample["codes"]

@@ -258,3 +258,20 @@ class VQModel(nn.Module):
                 f"codes must lie in [0, {self.config.codebook_size}), got [{codes.min()}, {codes.max()}]"
             )
         return self.decoder(self.quantizer.embed(codes))
+
+    @torch.no_grad()
+    def code_appearance(self, chunk: int = 256) -> torch.Tensor:
+        """What each code looks like: (codebook_size, 3*f*f), its decoded RGB patch in [-1, 1].
+
+        Each code is decoded tiled over a 3x3 grid and the centre patch kept, so decoders that
+        look at neighbouring codes see the code's own texture. The unified model can add a
+        projection of this table to the code embeddings (`ModelConfig.image_features`).
+        """
+        f, n = self.config.downsample, self.config.codebook_size
+        device = self.quantizer.codebook.device
+        patches = []
+        for start in range(0, n, chunk):
+            codes = torch.arange(start, min(start + chunk, n), device=device)
+            images = self.decode(codes[:, None, None].expand(-1, 3, 3))  # (c, 3, 3f, 3f)
+            patches.append(images[:, :, f : 2 * f, f : 2 * f].clamp(-1, 1).flatten(1).float())
+        return torch.cat(patches)
