@@ -23,8 +23,18 @@ import torch
 from omni.attention import Segment, Visibility, build_visibility
 from omni.model import IGNORE, ModelConfig, Transformer
 
-# The shapes demo's model (configs/shapes/model.yaml) with its vocabulary (391 BPE + 256 codes).
-SHAPES = dict(dim=192, n_layers=4, n_heads=3, max_seq_len=256, vocab_size=647)
+# The shapes demo's model (configs/shapes/model.yaml) with its vocabulary (391 BPE + 256 codes)
+# and the image fields its VQ gives it (8x8 codes of 4x4 RGB patches).
+SHAPES = dict(
+    dim=192,
+    n_layers=4,
+    n_heads=3,
+    max_seq_len=256,
+    vocab_size=647,
+    image_positions=64,
+    image_codes=256,
+    image_features=48,
+)
 
 
 def matmul_peak(device: str, dtype: torch.dtype, n: int, seconds: float) -> float:
@@ -55,13 +65,16 @@ def packed_batch(
     g = torch.Generator().manual_seed(0)
     doc_len = text_len + image_len
     rows = []
+    image_index = torch.full((batch, seq_len), -1)
     for _ in range(batch):
         segs, offset, d = [], 0, 0
         while offset < seq_len:
             end = min(offset + text_len, seq_len)
             segs.append(Segment(offset, end, d))
             if end < seq_len:
-                segs.append(Segment(end, min(end + image_len, seq_len), d, image=True))
+                stop = min(end + image_len, seq_len)
+                segs.append(Segment(end, stop, d, image=True))
+                image_index[len(rows), end:stop] = torch.arange(stop - end)
             offset += doc_len
             d += 1
         rows.append(segs)
@@ -74,6 +87,7 @@ def packed_batch(
         targets.to(device),
         positions.to(device),
         Visibility(vis.doc, vis.last).to(device),
+        image_index.to(device),
     )
 
 
@@ -111,12 +125,14 @@ def main() -> None:
         for block in model.blocks:
             block.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
-    tokens, targets, positions, vis = packed_batch(args.batch, args.seq_len, config.vocab_size, device)
+    tokens, targets, positions, vis, image_index = packed_batch(
+        args.batch, args.seq_len, config.vocab_size, device
+    )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
 
     def step():
         with autocast:
-            _, loss = model(tokens, vis, targets=targets, positions=positions)
+            _, loss = model(tokens, vis, targets=targets, positions=positions, image_index=image_index)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -41,7 +41,12 @@ def test_configs_parse_and_build_their_strategies(path, monkeypatch):
 
     config = parse_config(path, monkeypatch)
     assert config.data.image_generation == config.model.transformer.image_generation  # linked
-    model_config = ModelConfig(**{**vars(config.model.transformer), "vocab_size": 32768})
+    fields = vars(config.model.transformer) | {"vocab_size": 32768}
+    if fields["image_positions"] == -1:  # filled in from the VQ when training starts
+        fields["image_positions"] = 64
+    if fields["image_features"] == -1:
+        fields |= {"image_features": 48, "image_codes": 256}
+    model_config = ModelConfig(**fields)
     with torch.device("meta"):
         params = Transformer(model_config).num_params(embedding=True)
     strategy = config.trainer.strategy
@@ -108,7 +113,12 @@ def test_a_tiny_run_trains_validates_and_releases(model_assets, tmp_path):
     import omni
 
     pipe = omni.load_pretrained(out / "model")
-    assert pipe.model.config.dim == 64 and pipe.generation["image_generation"] == "mask"
+    assert pipe.model.config.dim == 64 and pipe.generation["image_generation"] == "ar"
+    assert pipe.generation["temperature"] == 0.2
+    # The demo config's image fields were taken from the VQ (32 px, 4 px patches, 64 codes).
+    config = pipe.model.config
+    assert (config.image_positions, config.image_features, config.image_codes) == (64, 48, 64)
+    assert pipe.model.code_features.abs().sum() > 0  # the appearance table came with the weights
     import json
 
     meta = json.loads((out / "model" / "config.json").read_text())
