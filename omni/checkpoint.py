@@ -170,6 +170,16 @@ def read_config(folder: str | Path) -> dict:
         raise ModelFolderError(
             f"{path}: model.vocab_size {config.vocab_size} disagrees with the vocabulary layout ({vocab.size} ids)"
         )
+    if min(config.image_positions, config.image_features) < 0:
+        raise ModelFolderError(
+            f"{path}: model.image_positions / image_features are -1 (unresolved): a release holds the values "
+            f"training took from the VQ; re-export the model"
+        )
+    if config.image_features and config.image_codes != vocab.codebook_size:
+        raise ModelFolderError(
+            f"{path}: model.image_codes {config.image_codes} disagrees with the vocabulary's "
+            f"{vocab.codebook_size} image codes; re-export the model"
+        )
     return {**raw, "model": config, "vocab": vocab, "generation": raw.get("generation", {})}
 
 

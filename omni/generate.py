@@ -214,6 +214,20 @@ def step_logits(
     return seq, out[:, -1]
 
 
+def _checked_initial(initial: torch.Tensor | None, n: int, grid: int, vocab: Vocab) -> torch.Tensor | None:
+    """`initial` codes as (n, grid) longs with -1 or a code in [0, codebook_size), else a clear error."""
+    if initial is None:
+        return None
+    if tuple(initial.shape) != (n, grid):
+        raise ValueError(
+            f"initial codes must be (captions, grid) = ({n}, {grid}), got {tuple(initial.shape)}"
+        )
+    initial = initial.long()
+    if initial.numel() and (initial.min() < -1 or initial.max() >= vocab.codebook_size):
+        raise ValueError(f"initial codes must be -1 (generate) or in [0, {vocab.codebook_size}) (keep)")
+    return initial
+
+
 def mask_schedule(step: int, steps: int) -> float:
     """Fraction of the image still masked after `step` (0-based) of `steps`: cos(pi/2 * (step+1)/steps)."""
     return math.cos(math.pi / 2 * (step + 1) / steps)
@@ -250,6 +264,7 @@ def generate_images_mask(
     batch = layout(prompts, grid + 1, vocab.special("pad"), new_image=(0, grid), device=device)
     width = batch.tokens.shape[1]
     mask_id = vocab.special("mask")
+    initial = _checked_initial(initial, n, grid, vocab)
     codes = (
         torch.full((n, grid), -1, dtype=torch.long, device=device)
         if initial is None
@@ -320,7 +335,8 @@ def generate_images_ar(
     image_ids = vocab.image_id_mask(device)
     cache, logits = prefill(model, batch, grid, use_cache)
     seq = batch.tokens
-    known = None if initial is None else initial.to(device)
+    known = _checked_initial(initial, n, grid, vocab)
+    known = None if known is None else known.to(device)
     out = []
     for i in range(grid):
         nxt = sample(_restrict(_guided(logits, n, guidance), image_ids), temperature, top_k, top_p, generator)

@@ -58,9 +58,13 @@ def resolve_image_fields(
         if derived:
             changes[name] = value
         elif given and given != value:
+            fix = (
+                "set it to 0 to take the vocabulary's codebook size"
+                if name == "image_codes"
+                else "set it to -1 to take it from the VQ, or 0 to turn it off"
+            )
             raise ValueError(
-                f"transformer.{name} {given} disagrees with the VQ at {vq} (which needs {value}); "
-                f"set it to -1 to take it from the VQ, or 0 to turn it off"
+                f"transformer.{name} {given} disagrees with the VQ at {vq} (which needs {value}); {fix}"
             )
     config = dataclasses.replace(config, **changes)
     if not config.image_features:

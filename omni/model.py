@@ -369,14 +369,17 @@ class Transformer(nn.Module):
             else:
                 x = block(x, rope, mask, cache, start)
         h = self.norm(x)
-        logits = self.output(h)  # (B, T, V)
+        weight = self.output.weight
         if self.code_projection is not None:
             # Output side of the table: a code's logit also scores how well its look matches a
-            # predicted look, so "some red patch" raises every red code at once.
-            looks = self.code_readout(h) @ self.code_features.to(h.dtype).t()  # (B, T, image_codes)
-            logits = torch.cat(
-                [logits[..., : -self.config.image_codes], logits[..., -self.config.image_codes :] + looks], -1
-            )
+            # predicted look (readout(h) . table[code]), so "some red patch" raises every red code
+            # at once. Folded into the output rows of the codes: one matmul, no second (B, T, V).
+            k = self.config.image_codes
+            looks = self.code_features.to(weight.dtype) @ self.code_readout.weight.to(
+                weight.dtype
+            )  # (k, dim)
+            weight = torch.cat([weight[:-k], weight[-k:] + looks])
+        logits = F.linear(h, weight)  # (B, T, V)
         if targets is None:
             return logits
         losses = token_losses(logits, targets)
@@ -386,7 +389,13 @@ class Transformer(nn.Module):
 
     def _image_position_embedding(self, image_index: torch.Tensor) -> torch.Tensor:
         inside = image_index >= 0
-        if image_index.shape[1] and int(image_index.max()) >= self.config.image_positions:
+        # Checked where it costs nothing (a CPU tensor); on a GPU it would sync every step, and
+        # training (resolve_image_fields) and load_pretrained check the grid against the model.
+        if (
+            image_index.device.type == "cpu"
+            and image_index.numel()
+            and int(image_index.max()) >= self.config.image_positions
+        ):
             raise ValueError(
                 f"an image block of {int(image_index.max()) + 1} codes is longer than the model's "
                 f"image_positions {self.config.image_positions}: was the model trained with another VQ?"

@@ -346,5 +346,11 @@ def load_pretrained(
         )
     except (ValueError, VQFolderError, VocabError) as e:
         raise ModelFolderError(str(e)) from e
+    side = vq.config.resolution // vq.config.downsample
+    if meta["model"].image_positions not in (0, side * side):
+        raise ModelFolderError(
+            f"{folder / 'config.json'}: model.image_positions {meta['model'].image_positions} disagrees with "
+            f"the {side}x{side} code grid of {folder / 'vq'}; the model was trained with another VQ"
+        )
     model = load_model(folder, device=device, dtype=dtype)
     return OmniPipeline(model, vocab, tokenizer, vq, dict(meta["generation"]), folder)

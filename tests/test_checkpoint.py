@@ -140,6 +140,15 @@ def test_missing_files_and_bad_configs_name_the_file(release):
     write({**good, "model": {**good["model"], "vocab_size": 5}})
     with pytest.raises(ModelFolderError, match="disagrees with the vocabulary layout"):
         omni.load_pretrained(folder)
+    write({**good, "model": {**good["model"], "image_positions": -1}})
+    with pytest.raises(ModelFolderError, match="unresolved.*re-export"):
+        omni.load_pretrained(folder)
+    write({**good, "model": {**good["model"], "image_codes": 32, "image_features": 48}})
+    with pytest.raises(ModelFolderError, match="image_codes 32 disagrees with the vocabulary's 64"):
+        omni.load_pretrained(folder)
+    write({**good, "model": {**good["model"], "image_positions": 16}})  # the VQ's grid is 8x8
+    with pytest.raises(ModelFolderError, match="image_positions 16 disagrees with the 8x8 code grid"):
+        omni.load_pretrained(folder)
     config_path.write_text("{not json")
     with pytest.raises(ModelFolderError, match=r"config\.json is not valid JSON"):
         omni.load_pretrained(folder)

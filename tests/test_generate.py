@@ -89,6 +89,10 @@ def test_ar_image_generation_with_kv_cache_equals_recomputation(setup):
     initial[:, ::3] = 5  # inpainting: known codes are kept, the rest generated around them
     c = generate_images_ar(models["ar"], vocab, captions, GRID, generator=g(), initial=initial)
     assert (c[:, ::3] == 5).all() and (c >= 0).all()
+    for bad, message in ((initial[0], r"must be \(captions, grid\)"), (initial + 64, r"in \[0, 64\)")):
+        for sampler in (generate_images_ar, generate_images_mask):
+            with pytest.raises(ValueError, match=message):
+                sampler(models["ar"], vocab, captions, GRID, initial=bad)
     assert torch.equal(c[:, :1], initial[:, :1]) and not torch.equal(c, a)
 
 

@@ -154,6 +154,8 @@ def test_image_fields_are_taken_from_the_vq_or_checked_against_it(model_assets):
     assert table is None and config.image_features == 0 and config.image_codes == 0
     with pytest.raises(ValueError, match=f"image_positions 10 disagrees .* needs {side * side}"):
         resolve_image_fields(replace(base, image_positions=10), vocab, str(model_assets.vq))
+    with pytest.raises(ValueError, match="image_codes 7 disagrees.*set it to 0"):
+        resolve_image_fields(replace(base, image_features=-1, image_codes=7), vocab, str(model_assets.vq))
     with pytest.raises(ValueError, match="need the VQ folder"):
         resolve_image_fields(replace(base, image_features=-1), vocab, None)
     assert resolve_image_fields(base, vocab, None) == (base, None)
