@@ -16,6 +16,7 @@ import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
+from omni.errors import report_user_errors
 from omni.lit import OmniDataModule, OmniLitModule
 
 
@@ -34,4 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report_user_errors(main)

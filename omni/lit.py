@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Timer
 
 from omni.attention import Visibility
 from omni.checkpoint import save_pretrained
+from omni.data.shards import expand_shards
 from omni.data.tasks import TASKS, TaskBuilder, task_loader
 from omni.generate import GENERATION_DEFAULTS
 from omni.model import IGNORE, ModelConfig, Transformer, token_losses
@@ -309,6 +310,19 @@ class OmniLitModule(L.LightningModule):
         checkpoint["omni_vocab"] = self.vocab.to_dict()
         self.export()
 
+    def on_load_checkpoint(self, checkpoint) -> None:
+        # Resuming with another tokenizer or VQ would fail inside torch on mismatched shapes, or
+        # worse, load silently with every id meaning something else.
+        theirs = checkpoint.get("omni_vocab")
+        if theirs is not None and theirs != self.vocab.to_dict():
+            ours = self.vocab
+            raise ValueError(
+                f"the checkpoint was trained with another vocabulary ({theirs.get('text_size')} text ids, "
+                f"{theirs.get('codebook_size')} image codes) than data.tokenizer / data.vq give now "
+                f"({ours.text_size} text ids, {ours.codebook_size} codes); resume with the tokenizer.json "
+                f"and VQ folder the run started with"
+            )
+
     def on_train_end(self) -> None:
         self.export()
         if self.hparams.export_dir and self.trainer.is_global_zero:
@@ -358,6 +372,9 @@ class OmniDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if not 0.0 <= caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
+        for pattern in (train_shards, val_shards):
+            if pattern:
+                expand_shards(pattern)  # a pattern that matches nothing fails now, not after validation
         self.text_tokenizer = TextTokenizer.from_file(tokenizer)
         codebook_size = read_vq_config(vq).codebook_size
         self._check_shards_match(train_shards, vq, codebook_size)

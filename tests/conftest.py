@@ -21,6 +21,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Count the bad-input catalogue (tests/test_bad_inputs.py): one test per fault."""
+    results = {
+        outcome: [r for r in terminalreporter.stats.get(outcome, []) if "test_bad_inputs.py" in r.nodeid]
+        for outcome in ("passed", "failed")
+    }
+    tried = sum(len(r) for r in results.values())
+    if tried:
+        terminalreporter.write_line(
+            f"bad-input catalogue: {tried} faults tried, {len(results['passed'])} handled as specified"
+        )
+
+
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
     """A small shapes dataset at 32 px: 3 train shards of 100, 1 val shard of 50."""
@@ -96,3 +109,74 @@ def tiny_releases(model_assets, tmp_path_factory) -> dict[str, Path]:
             generation,
         )
     return folders
+
+
+def tiny_train_command(assets, out: Path, *extra: str) -> list[str]:
+    """`train.py fit` on the demo config shrunk to a tiny model over `model_assets`, writing under `out`.
+
+    Checkpoints go to out/checkpoints, logs to out/logs, the release to out/model; `extra`
+    flags come last and win.
+    """
+    import sys
+
+    return [
+        sys.executable,
+        "train.py",
+        "fit",
+        "--config",
+        "configs/shapes/model.yaml",
+        f"--data.train_shards={assets.codes}/train-*.tar",
+        f"--data.val_shards={assets.codes}/val-*.tar",
+        f"--data.tokenizer={assets.tokenizer}",
+        f"--data.vq={assets.vq}",
+        "--data.seq_len=128",
+        "--data.batch_size=4",
+        "--data.val_batches=2",
+        "--model.transformer.dim=64",
+        "--model.transformer.n_heads=4",
+        "--model.transformer.n_layers=2",
+        "--model.transformer.max_seq_len=128",
+        "--model.warmup_steps=5",
+        f"--model.export_dir={out}/model",
+        "--trainer.max_time=null",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={out}",
+        f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.callbacks.init_args.dirpath={out}/checkpoints",
+        *extra,
+    ]
+
+
+def tiny_vq_config(tmp_path: Path, shapes_dir: Path, **data_overrides) -> str:
+    """configs/shapes/vq.yaml shrunk to 100 steps of a 64-code VQ on `shapes_dir`, under tmp_path.
+
+    Writes tmp_path/vq.yaml and returns its path; runs go to tmp_path/run, the release to tmp_path/vq.
+    """
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs/shapes/vq.yaml").read_text())
+    run = tmp_path / "run"
+    cfg["trainer"].update(
+        max_time=None,
+        max_steps=100,
+        val_check_interval=50,
+        limit_val_batches=1,
+        default_root_dir=str(run),
+        enable_progress_bar=False,
+    )
+    cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(run)
+    cfg["trainer"]["callbacks"][0]["init_args"].update(
+        dirpath=str(run / "checkpoints"), every_n_train_steps=50
+    )
+    cfg["model"]["vq"].update(channels=16, codebook_size=64, restart_every=10)
+    cfg["model"].update(export_dir=str(tmp_path / "vq"), warmup_steps=5)
+    cfg["data"].update(
+        train_shards=str(shapes_dir / "train-*.tar"),
+        val_shards=str(shapes_dir / "val-*.tar"),
+        batch_size=16,
+        batches_per_epoch=20,
+        **data_overrides,
+    )
+    path = tmp_path / "vq.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)

@@ -176,3 +176,50 @@ def test_extra_tensors_in_the_weights_are_refused(release):
     save_file({**state, "blocks.9.ffn.w2.weight": torch.zeros(1)}, str(folder / "model.safetensors"))
     with pytest.raises(ModelFolderError, match=r"unexpected \['blocks\.9\.ffn\.w2\.weight'\]"):
         load_model(folder)
+
+
+NO_UNPICKLING = """
+import pickle, sys
+import torch, omni
+
+def refuse(*args, **kwargs):
+    raise AssertionError("loading a release unpickled something")
+
+class RefusingUnpickler(pickle.Unpickler):
+    def __init__(self, *args, **kwargs):
+        refuse()
+
+# Imports are done; from here on any unpickling, by torch.load or by pickle itself, fails.
+torch.load = pickle.load = pickle.loads = refuse
+pickle.Unpickler = RefusingUnpickler
+pipe = omni.load_pretrained(sys.argv[1])
+images = pipe.generate_images(["a red circle"], seed=0)
+print(type(pipe.caption(images)[0]).__name__, images[0].size)
+"""
+
+
+class _Trap:
+    """Unpickling this creates a file: the proof that something was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_loading_a_release_never_unpickles(tiny_releases, tmp_path):
+    import pickle
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_releases["ar"], folder)
+    marker = tmp_path / "unpickled"
+    # A downloaded folder may carry pickles beside the safetensors; they must never be opened.
+    for name in ("pytorch_model.bin", "model.ckpt", "vq/model.pt"):
+        (folder / name).write_bytes(pickle.dumps(_Trap(marker)))
+    res = subprocess.run(
+        [sys.executable, "-c", NO_UNPICKLING, str(folder)], cwd=REPO, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["str", "(32,", "32)"]
+    assert not marker.exists()

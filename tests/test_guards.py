@@ -56,3 +56,17 @@ def test_wheel_contains_only_omni(tmp_path):
     assert "omni" in tops
     assert {t for t in tops if not t.endswith(".dist-info")} == {"omni"}, tops
     assert any(n.startswith("omni/eval/") for n in zipfile.ZipFile(wheel).namelist())
+
+
+def test_only_our_own_input_errors_lose_their_traceback(capsys):
+    import pytest
+
+    from omni.data.shards import expand_shards
+    from omni.errors import report_user_errors
+
+    with pytest.raises(SystemExit) as e:
+        report_user_errors(lambda: expand_shards("no/such-*.tar"))
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: no shards match 'no/such-*.tar'")
+    # Raised outside omni (here by int() in this file): a bug, so the traceback stays.
+    with pytest.raises(ValueError, match="invalid literal"):
+        report_user_errors(lambda: int("x"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, tiny_train_command
 
 CONFIGS = sorted((REPO / "configs").glob("*/model*.yaml"))
 
@@ -71,36 +71,15 @@ def test_configs_parse_and_build_their_strategies(path, monkeypatch):
 @pytest.mark.slow
 def test_a_tiny_run_trains_validates_and_releases(model_assets, tmp_path):
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "train.py",
-        "fit",
-        "--config",
-        "configs/shapes/model.yaml",
-        f"--data.train_shards={model_assets.codes}/train-*.tar",
-        f"--data.val_shards={model_assets.codes}/val-*.tar",
-        f"--data.tokenizer={model_assets.tokenizer}",
-        f"--data.vq={model_assets.vq}",
-        "--data.seq_len=128",
-        "--data.batch_size=4",
-        "--data.val_batches=2",
-        "--model.transformer.dim=64",
-        "--model.transformer.n_heads=4",
-        "--model.transformer.n_layers=2",
-        "--model.transformer.max_seq_len=128",
-        "--model.warmup_steps=5",
+    cmd = tiny_train_command(
+        model_assets,
+        out,
         "--model.ema_decay=0.9",
-        f"--model.export_dir={out}/model",
-        "--trainer.max_time=null",
         "--trainer.max_steps=40",
         "--trainer.val_check_interval=20",
         "--trainer.log_every_n_steps=5",
-        "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={out}",
-        f"--trainer.logger.init_args.save_dir={out}",
-        f"--trainer.callbacks.init_args.dirpath={out}/checkpoints",
         "--trainer.callbacks.init_args.every_n_train_steps=20",
-    ]
+    )
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (out / "checkpoints" / "last.ckpt").is_file()

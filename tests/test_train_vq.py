@@ -7,39 +7,9 @@ import subprocess
 import sys
 
 import pytest
-import yaml
-from conftest import REPO
+from conftest import REPO, tiny_vq_config
 
 from omni.tokenizers import load_vq
-
-
-def _config(tmp_path, shapes_dir, **data_overrides) -> str:
-    cfg = yaml.safe_load((REPO / "configs/shapes/vq.yaml").read_text())
-    run = tmp_path / "run"
-    cfg["trainer"].update(
-        max_time=None,
-        max_steps=100,
-        val_check_interval=50,
-        limit_val_batches=1,
-        default_root_dir=str(run),
-        enable_progress_bar=False,
-    )
-    cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(run)
-    cfg["trainer"]["callbacks"][0]["init_args"].update(
-        dirpath=str(run / "checkpoints"), every_n_train_steps=50
-    )
-    cfg["model"]["vq"].update(channels=16, codebook_size=64, restart_every=10)
-    cfg["model"].update(export_dir=str(tmp_path / "vq"), warmup_steps=5)
-    cfg["data"].update(
-        train_shards=str(shapes_dir / "train-*.tar"),
-        val_shards=str(shapes_dir / "val-*.tar"),
-        batch_size=16,
-        batches_per_epoch=20,
-        **data_overrides,
-    )
-    path = tmp_path / "vq.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
 
 
 def _train(config: str, *extra: str) -> subprocess.CompletedProcess:
@@ -50,7 +20,7 @@ def _train(config: str, *extra: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_train_export_evaluate_and_resume(tmp_path, shapes_dir, in_memory):
-    config = _config(tmp_path, shapes_dir, in_memory=in_memory)
+    config = tiny_vq_config(tmp_path, shapes_dir, in_memory=in_memory)
     # The streaming run also exercises the GAN (from step 60, adaptive weight) and the SSIM loss.
     gan = [] if in_memory else ["--model.disc_start", "60", "--model.perceptual", "ssim"]
     res = _train(config, *gan)

@@ -13,6 +13,7 @@ import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
+from omni.errors import report_user_errors
 from omni.tokenizers.lit import ImageDataModule, VQLitModule
 
 
@@ -24,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report_user_errors(main)

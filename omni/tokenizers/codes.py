@@ -19,6 +19,7 @@ import webdataset as wds
 
 from omni.data.images import load_rgb, to_tensor
 from omni.data.loader import IMAGE_EXTENSIONS
+from omni.data.shards import tar_looks_complete
 from omni.tokenizers.vqgan import VQModel
 
 
@@ -62,6 +63,8 @@ def encode_shard(vq: VQModel, src: str, dst: str | Path, batch_size: int = 256, 
         counts["skipped: unreadable shard data"] += 1
         return True
 
+    if "://" not in src and not tar_looks_complete(src):
+        counts["truncated shard (re-create it)"] += 1  # its readable samples are still encoded
     with wds.TarWriter(str(tmp)) as sink:
         for sample in wds.tarfile_samples([{"url": src}], handler=skip):
             ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)

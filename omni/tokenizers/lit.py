@@ -16,6 +16,7 @@ import lightning as L
 import torch
 
 from omni.data.loader import image_text_loader
+from omni.data.shards import expand_shards
 from omni.tokenizers.evaluate import scene_matches
 from omni.tokenizers.export import save_vq
 from omni.tokenizers.losses import (
@@ -117,6 +118,7 @@ class VQLitModule(L.LightningModule):
             self._clip(opt_d)
             opt_d.step()
             self.log("train/d_loss", d_loss.detach(), batch_size=len(x))
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
         for scheduler in self._schedulers():
             scheduler.step()
         if not torch.isfinite(loss):
@@ -233,6 +235,9 @@ class ImageDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        for pattern in (train_shards, val_shards):
+            if pattern:
+                expand_shards(pattern)  # a pattern that matches nothing fails now, not after validation
         self._images: torch.Tensor | None = None
 
     def _loader(self, shards, resampled: bool, batch_size: int, batches: int | None = None):

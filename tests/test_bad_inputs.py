@@ -1,0 +1,294 @@
+"""The bad-input catalogue: each fault goes through a real entry point (tokenizers/encode_shards.py,
+train.py, sample.py) and must end in "skipped and counted" (data) or one clear error line that
+names the file and the fix (everything else); never a library traceback, never lost work.
+
+conftest.py prints how many faults were tried at the end of the test run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import webdataset as wds
+from conftest import REPO, tiny_train_command
+from PIL import Image
+from test_loader import good, odd_images, png_bytes
+
+sys.path.insert(0, str(REPO))
+import sample  # noqa: E402  (the entry script at the repository root)
+
+ODD = ["rgba", "grey16", "grey", "tiny", "wide"]  # RGBA, 16-bit, greyscale, 1x1, 10000x10
+
+
+def clean_error(res: subprocess.CompletedProcess, *phrases: str) -> str:
+    """A run that failed with one `error:` line holding every phrase, and no traceback."""
+    assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    line = next((x for x in res.stderr.splitlines() if x.startswith("error:")), "")
+    for phrase in phrases:
+        assert phrase in line, (phrase, res.stderr[-2000:])
+    return line
+
+
+def digest(folder) -> dict[str, str]:
+    """Content hash of every file under a folder (to prove nothing was rewritten)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: image shards through tokenizers/encode_shards.py, code shards through train.py
+
+
+@pytest.fixture(scope="module")
+def encoded(model_assets, shapes_dir, tmp_path_factory):
+    """Image shards with every data fault, encoded by the real CLI: (result, code shard folder)."""
+    root = tmp_path_factory.mktemp("bad_data")
+    images = root / "images"
+    images.mkdir()
+    png = good(0)["png"]
+    odd = odd_images()
+    samples = [good(i) for i in range(1, 9)]
+    samples += [{"__key__": f"odd-{n}", "png": png_bytes(odd[n]), "txt": b"a red circle"} for n in ODD]
+    samples += [
+        {"__key__": "bad-bytes", "png": b"this is not an image", "txt": b"a red circle"},
+        {"__key__": "bad-truncated-png", "png": png[: len(png) // 3], "txt": b"a red circle"},
+        {"__key__": "bad-empty-caption", "png": png, "txt": b"  \n"},
+        {"__key__": "bad-100kB-caption", "png": png, "txt": b"a red circle " * 8000},
+    ]
+    with wds.TarWriter(str(images / "messy-000000.tar")) as sink:
+        for s in samples:
+            sink.write(s)
+    whole = (shapes_dir / "train-000001.tar").read_bytes()
+    (images / "cut-000000.tar").write_bytes(whole[: len(whole) // 2 // 512 * 512 + 700])
+    shutil.copy(shapes_dir / "train-000000.tar", images / "train-000000.tar")
+    codes = root / "codes"
+    res = subprocess.run(
+        [sys.executable, "tokenizers/encode_shards.py", "--vq", str(model_assets.vq)]
+        + ["--shards", f"{images}/*.tar", "--out", str(codes)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    return res, codes
+
+
+def code_keys(shard) -> list[str]:
+    return [s["__key__"] for s in wds.WebDataset(str(shard), shardshuffle=False)]
+
+
+def test_undecodable_image_bytes_are_skipped_and_counted(encoded):
+    res, codes = encoded
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "skipped: undecodable image: 2" in res.stdout
+    keys = code_keys(codes / "messy-000000.tar")
+    assert "bad-bytes" not in keys and "bad-truncated-png" not in keys
+    counts = json.loads((codes / "codes_info.json").read_text())["counts"]
+    assert counts["skipped: undecodable image"] == 2
+
+
+def test_a_truncated_tar_keeps_its_readable_samples_and_is_counted(encoded):
+    res, codes = encoded
+    assert "truncated shard (re-create it): 1" in res.stdout
+    assert 40 <= len(code_keys(codes / "cut-000000.tar")) < 100
+
+
+@pytest.mark.parametrize("name", ODD)
+def test_odd_images_are_converted_not_lost(encoded, name):
+    # RGBA (onto black), 16-bit (scaled), greyscale, 1x1 and 10000x10 (shorter side resized,
+    # centre-cropped) all become 32x32 RGB and are encoded.
+    res, codes = encoded
+    assert f"odd-{name}" in code_keys(codes / "messy-000000.tar")
+
+
+@pytest.fixture(scope="module")
+def trained(encoded, model_assets, tmp_path_factory):
+    """train.py for 10 steps on the encoded shards (with the empty and 100 kB captions in them)."""
+    _, codes = encoded
+    run = tmp_path_factory.mktemp("bad_run") / "run"
+    cmd = tiny_train_command(
+        model_assets,
+        run,
+        f"--data.train_shards={codes}/messy-*.tar",
+        "--data.val_shards=null",
+        "--data.shuffle_buffer=10",
+        "--trainer.max_steps=10",
+        "--trainer.callbacks.init_args.every_n_train_steps=10",
+    )
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return cmd, run, res
+
+
+def test_an_empty_caption_is_skipped_and_counted(trained):
+    *_, res = trained
+    assert "skipped sample: empty caption at" in res.stderr and "bad-empty-caption" in res.stderr
+
+
+def test_a_100_kB_caption_is_skipped_and_counted(trained):
+    *_, res = trained
+    assert "skipped sample: over-long caption at" in res.stderr and "bad-100kB-caption" in res.stderr
+    assert "103999 characters > max_caption_chars=2048" in res.stderr  # the stripped caption
+
+
+def test_a_shard_pattern_matching_nothing(model_assets, tmp_path):
+    pattern = str(tmp_path / "typo-*.tar")
+    cmd = tiny_train_command(model_assets, tmp_path / "run", f"--data.train_shards={pattern}")
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    clean_error(res, "no shards match", pattern)
+
+
+def test_a_vq_whose_codebook_disagrees_with_the_shards(trained, model_assets, tmp_path):
+    from omni.tokenizers import VQConfig, VQModel, save_vq
+
+    cmd, run, _ = trained
+    other = tmp_path / "vq128"
+    save_vq(VQModel(VQConfig.from_name("shapes-32", channels=16, codebook_size=128)), other)
+    before = digest(run)
+    res = subprocess.run([*cmd, f"--data.vq={other}"], cwd=REPO, capture_output=True, text=True)
+    clean_error(res, "encoded with 64 codes", str(other), "re-encode")
+    assert digest(run) == before
+
+
+def test_resuming_with_another_vocabulary(trained, model_assets, tmp_path):
+    from omni.tokenizers.text import TextTokenizer, train_bpe
+
+    cmd, run, _ = trained
+    other = tmp_path / "tokenizer.json"
+    TextTokenizer(train_bpe(["a red circle", "a blue square"] * 50, vocab_size=280)).save(other)
+    before = digest(run / "checkpoints")
+    res = subprocess.run(
+        [*cmd, f"--data.tokenizer={other}", "--trainer.max_steps=20", "--ckpt_path=last"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    clean_error(res, "another vocabulary", "resume with the tokenizer.json")
+    assert digest(run / "checkpoints") == before
+
+
+def test_a_nan_in_the_loss_stops_without_losing_the_checkpoint(trained):
+    cmd, run, _ = trained
+    before = digest(run / "checkpoints") | digest(run / "model")
+    # A learning rate of 1e30 turns the weights to inf after one step: the next loss is NaN.
+    res = subprocess.run(
+        [*cmd, "--model.lr=1e30", "--trainer.max_steps=20", "--ckpt_path=last"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    clean_error(res, "training loss is nan at step", "lower the learning rate", "--ckpt_path last")
+    assert digest(run / "checkpoints") | digest(run / "model") == before
+
+
+@pytest.mark.parametrize(
+    "flag, phrase",
+    [("--model.n_experts=8", "n_experts"), ("--model.lr=fast", "model.lr")],
+    ids=["unknown key", "wrong type"],
+)
+def test_a_bad_training_config(model_assets, tmp_path, flag, phrase):
+    res = subprocess.run(
+        tiny_train_command(model_assets, tmp_path / "run", flag), cwd=REPO, capture_output=True, text=True
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert phrase in res.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Release folders and inputs through sample.py
+
+
+@pytest.fixture
+def release(tiny_releases, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_releases["ar"], folder)
+    return folder
+
+
+def sample_run(capsys, *argv) -> tuple[int, str]:
+    code = sample.main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def test_a_truncated_model_safetensors(release, tmp_path, capsys):
+    weights = release / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    code, err = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "a red circle")
+    assert code == 2 and str(weights) in err and "truncated" in err and "re-export" in err
+
+
+def test_a_vq_folder_whose_codebook_disagrees_with_the_model(release, tmp_path, capsys):
+    from omni.tokenizers import VQConfig, VQModel, save_vq
+
+    shutil.rmtree(release / "vq")
+    save_vq(VQModel(VQConfig.from_name("shapes-32", channels=16, codebook_size=128)), release / "vq")
+    code, err = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "a red circle")
+    assert code == 2 and "has 128 codes" in err and "laid out for 64" in err
+
+
+@pytest.mark.parametrize(
+    "change, phrase",
+    [
+        ({"n_experts": 8}, "unknown model config keys ['n_experts']"),
+        ({"dim": "64"}, "model.dim should be int"),
+    ],
+    ids=["unknown key", "wrong type"],
+)
+def test_a_bad_release_config(release, tmp_path, capsys, change, phrase):
+    path = release / "config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "model": {**config["model"], **change}}))
+    code, err = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "a red circle")
+    assert code == 2 and str(path) in err and phrase in err
+
+
+def test_a_missing_model_folder(tmp_path, capsys):
+    code, err = sample_run(capsys, "t2i", "--model", tmp_path / "nowhere", "--out", tmp_path / "o", "x")
+    assert code == 2 and "nowhere" in err and "does not exist" in err
+
+
+def test_odd_images_are_captioned(release, tmp_path, capsys):
+    paths = []
+    for name in ODD:
+        paths.append(tmp_path / f"{name}.png")
+        odd_images()[name].save(paths[-1])
+    code, _ = sample_run(capsys, "caption", "--model", release, "--out", tmp_path / "o", *paths)
+    assert code == 0
+    items = json.loads((tmp_path / "o" / "results.json").read_text())["items"]
+    assert len(items) == len(ODD) and all(isinstance(i["caption"], str) for i in items)
+
+
+def test_an_undecodable_image_file(release, tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    code, err = sample_run(capsys, "caption", "--model", release, "--out", tmp_path / "o", broken)
+    assert code == 2 and "broken.png" in err and "cannot be read as an image" in err
+
+
+def test_an_over_long_prompt_is_cut_with_a_warning(release, tmp_path, capsys, caplog):
+    code, _ = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "a red circle " * 200)
+    assert code == 0 and "cut to the model's budget" in caplog.text
+    assert Image.open(tmp_path / "o" / "0000.png").size == (32, 32)
+
+
+def test_an_inpaint_region_outside_the_image(release, tmp_path, capsys):
+    source = tmp_path / "src.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(source)
+    argv = ["inpaint", "--model", release, "--out", tmp_path / "o", source, "--box", 40, 40, 50, 50]
+    code, err = sample_run(capsys, *argv)
+    assert code == 2 and "outside the 32x32 image" in err
+
+
+def test_an_empty_prompt_generates_unconditionally(release, tmp_path, capsys):
+    # Documented behaviour (Pipeline.generate_images): "" is the unconditional prompt of guidance.
+    code, _ = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "")
+    assert code == 0 and Image.open(tmp_path / "o" / "0000.png").size == (32, 32)
