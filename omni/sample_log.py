@@ -4,8 +4,9 @@
         --trainer.callbacks.folder=runs/keys
 
 writes `runs/keys/rank-R.tsv` with one line per document: epoch, global step, sample key. With
-these files one can check that ranks see disjoint samples within an epoch and that a resumed
-run did not replay what it had already trained on. Works with any batch that carries a "keys"
+these files one can check that ranks see disjoint samples within an epoch, and what a resumed
+run saw again (it restarts its epoch's shard order). The step is Lightning's global step (the
+VQ trainer counts two per batch once its discriminator trains). Works with any batch that carries a "keys"
 list (the unified model's packed batches do).
 """
 
@@ -39,6 +40,12 @@ class SampleKeyLog(L.Callback):
         self._file.write("".join(f"{epoch}\t{step}\t{key}\n" for key in keys))
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self.close()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.close()
+
+    def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -25,7 +25,7 @@ def pytest_terminal_summary(terminalreporter):
     """Count the bad-input catalogue (tests/test_bad_inputs.py): one test per fault."""
     results = {
         outcome: [r for r in terminalreporter.stats.get(outcome, []) if "test_bad_inputs.py" in r.nodeid]
-        for outcome in ("passed", "failed")
+        for outcome in ("passed", "failed", "error", "skipped")
     }
     tried = sum(len(r) for r in results.values())
     if tried:

@@ -145,6 +145,7 @@ def test_a_shard_pattern_matching_nothing(model_assets, tmp_path):
     cmd = tiny_train_command(model_assets, tmp_path / "run", f"--data.train_shards={pattern}")
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     clean_error(res, "no shards match", pattern)
+    assert "Sanity Checking" not in res.stderr and not (tmp_path / "run").exists()  # refused up front
 
 
 def test_a_vq_whose_codebook_disagrees_with_the_shards(trained, model_assets, tmp_path):

@@ -189,9 +189,14 @@ class RefusingUnpickler(pickle.Unpickler):
     def __init__(self, *args, **kwargs):
         refuse()
 
+def audit(event, args):
+    if event == "pickle.find_class":  # any unpickler resolving a global, however it was reached
+        refuse()
+
 # Imports are done; from here on any unpickling, by torch.load or by pickle itself, fails.
 torch.load = pickle.load = pickle.loads = refuse
 pickle.Unpickler = RefusingUnpickler
+sys.addaudithook(audit)
 pipe = omni.load_pretrained(sys.argv[1])
 images = pipe.generate_images(["a red circle"], seed=0)
 print(type(pipe.caption(images)[0]).__name__, images[0].size)

@@ -79,6 +79,7 @@ def test_ddp_two_processes_on_uneven_shards(model_assets, tmp_path):
         "--data.batches_per_epoch=10",
         "--trainer.max_steps=35",
         "--trainer.val_check_interval=10",
+        "--trainer.log_every_n_steps=1",
         "--trainer.callbacks.init_args.every_n_train_steps=15",
         "--ckpt_path=last",
     )
@@ -87,3 +88,9 @@ def test_ddp_two_processes_on_uneven_shards(model_assets, tmp_path):
     import json
 
     assert json.loads((run / "model" / "config.json").read_text())["trained_steps"] == 35
+    # It resumed (a missing checkpoint would only warn and start again from step 0).
+    import csv
+
+    with open(run / "logs" / "version_1" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("lr")]
+    assert min(steps) == 30 and max(steps) == 34

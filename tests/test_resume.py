@@ -53,7 +53,9 @@ def start_then_kill(cmd: list[str], run: Path, release: Path, log: Path, per_bat
                 pytest.fail(f"the run ended before it was killed:\n{log.read_text()[-3000:]}")
             saved = released_step(release) // per_batch
             steps = by_step(logged(run, 0), "lr")
-            if saved >= 2 * INTERVAL and steps and max(steps) >= saved + 10:
+            # Kill well between two checkpoints: 10 steps past one and not close to the next,
+            # where the release may already be newer than last.ckpt (it is exported first).
+            if saved >= 2 * INTERVAL and steps and saved + 10 <= max(steps) < saved + INTERVAL - 5:
                 break
             time.sleep(0.05)
         else:
@@ -67,6 +69,13 @@ def start_then_kill(cmd: list[str], run: Path, release: Path, log: Path, per_bat
     # Whatever the kill interrupted, the release folder holds a checkpoint's weights, whole.
     assert released_step(release) % (INTERVAL * per_batch) == 0
     return max(by_step(logged(run, 0), "lr"))
+
+
+def checkpoint_state(run: Path) -> dict:
+    """The last Lightning checkpoint of a run (our own file from this test, so unpickling it is fine)."""
+    import torch
+
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
 
 def mean(values) -> float:
@@ -123,6 +132,13 @@ def test_train_py_resumes_after_kill_9(model_assets, tmp_path):
     )
     killed_at = start_then_kill(cmd, run, run / "model", tmp_path / "first.log")
     omni.load_pretrained(run / "model")
+    # What there is to restore is in the checkpoint: AdamW moments for every weight, and the EMA.
+    ckpt = checkpoint_state(run)
+    weights = [k for k in ckpt["state_dict"] if k.startswith("model.")]
+    assert len([k for k in ckpt["state_dict"] if k.startswith("ema.")]) == len(weights)
+    (adam,) = ckpt["optimizer_states"]
+    assert sum(len(g["params"]) for g in adam["param_groups"]) == len(adam["state"]) > 0
+    assert all({"exp_avg", "exp_avg_sq", "step"} <= set(v) for v in adam["state"].values())
     stop = killed_at + 10
     res = subprocess.run(
         [*cmd, f"--trainer.max_steps={stop}", "--ckpt_path=last"], cwd=REPO, capture_output=True, text=True
@@ -157,6 +173,11 @@ def test_vq_trainer_resumes_after_kill_9(shapes_dir, tmp_path):
     ]
     killed_at = start_then_kill(cmd, run, release, tmp_path / "first.log", per_batch=2)
     load_vq(release)
+    # What there is to restore: the discriminator, both optimizers, the codebook's usage EMA.
+    ckpt = checkpoint_state(run)
+    assert any(k.startswith("discriminator.") for k in ckpt["state_dict"])
+    assert any(k.endswith("usage_ema") for k in ckpt["state_dict"])
+    assert len(ckpt["optimizer_states"]) == 2 and all(o["state"] for o in ckpt["optimizer_states"])
     stop = 2 * (killed_at + 10)
     res = subprocess.run(
         [*cmd, f"--trainer.max_steps={stop}", "--ckpt_path=last"], cwd=REPO, capture_output=True, text=True
