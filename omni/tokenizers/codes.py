@@ -63,7 +63,7 @@ def encode_shard(vq: VQModel, src: str, dst: str | Path, batch_size: int = 256, 
         counts["skipped: unreadable shard data"] += 1
         return True
 
-    if "://" not in src and not src.startswith("pipe:") and not tar_looks_complete(src):
+    if os.path.isfile(src) and not tar_looks_complete(src):  # local tars only, as the loader checks
         counts["truncated shard (re-create it)"] += 1  # its readable samples are still encoded
     with wds.TarWriter(str(tmp)) as sink:
         for sample in wds.tarfile_samples([{"url": src}], handler=skip):
