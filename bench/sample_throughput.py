@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from omni.generate import Prompt, decode_text, generate_images_ar, generate_images_mask
+from omni.generate import Prompt, decode_text, generate_images_ar, generate_images_mask, seeded_generator
 from omni.model import ModelConfig, Transformer
 from omni.vocab import SPECIALS, Vocab
 
@@ -81,7 +81,7 @@ def main() -> None:
     print(
         f"model: {source}; {model.num_params() / 1e6:.2f} M parameters; batch {args.batch}; {grid} codes per image"
     )
-    g = torch.Generator()
+    g = seeded_generator(0, model.output.weight.device)  # the samplers draw on the model's device
     report: dict = {"model": source, "batch": args.batch, "threads": torch.get_num_threads()}
 
     mask_rates = {}

@@ -97,6 +97,26 @@ def layout(
     return Batch(tokens.to(device), positions.to(device), image_index.to(device), vis.to(device), pads)
 
 
+def seeded_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A random generator on `device`, seeded: the samplers draw on the model's device, so the same
+    seed gives the same samples on that device (CPU and CUDA streams differ from each other)."""
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
+
+
+def check_generator(generator: torch.Generator | None, device: torch.device) -> None:
+    """A clear error for a generator on another device than the model (torch's is cryptic)."""
+    if generator is None:
+        return
+    theirs, ours = torch.device(generator.device), torch.device(device)
+    if theirs.type != ours.type or (
+        theirs.index is not None and ours.index is not None and theirs.index != ours.index
+    ):
+        raise ValueError(
+            f"the random generator is on {theirs} but the model on {ours}: the samplers draw on the "
+            f"model's device; make it with omni.generate.seeded_generator(seed, {str(ours)!r})"
+        )
+
+
 def sample(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -141,6 +161,7 @@ def decode_text(
     path is tested against, and the baseline of bench/sample_throughput.py).
     """
     device = model.output.weight.device
+    check_generator(generator, device)
     batch = layout(prompts, max_new_tokens, vocab.special("pad"), device=device)
     allowed = vocab.text_id_mask(device)
     eos = vocab.special("eos")
@@ -259,6 +280,7 @@ def generate_images_mask(
     Guidance > 0 adds an unconditional (empty caption) copy of the batch.
     """
     device = model.output.weight.device
+    check_generator(generator, device)
     n = len(captions)
     prompts = guided_t2i_prompts(vocab, captions, guidance)
     batch = layout(prompts, grid + 1, vocab.special("pad"), new_image=(0, grid), device=device)
@@ -289,9 +311,7 @@ def generate_images_mask(
         masked = codes < 0
         # Annealed noise (MaskGIT): early steps explore, the last ones pick by confidence alone.
         noise = -torch.log(
-            -torch.log(
-                torch.rand(confidence.shape, generator=generator, device="cpu").to(device).clamp_min(1e-20)
-            )
+            -torch.log(torch.rand(confidence.shape, generator=generator, device=device).clamp_min(1e-20))
         )
         confidence = confidence + temperature * (1 - (step + 1) / steps) * noise
         confidence = confidence.masked_fill(~masked, float("inf"))
@@ -327,6 +347,7 @@ def generate_images_ar(
     in raster order (not those after it; mask mode sees both).
     """
     device = model.output.weight.device
+    check_generator(generator, device)
     n = len(captions)
     prompts = guided_t2i_prompts(vocab, captions, guidance)
     batch = layout(

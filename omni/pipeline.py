@@ -9,7 +9,8 @@
 
 Images may be PIL images, paths, or tensors (3, H, W) in [-1, 1]; any mode or size is converted
 to RGB at the VQ's resolution (shorter side resized, centre cropped). Results are seeded and
-reproducible. No Lightning, no pickles: JSON and safetensors only (see `omni.checkpoint`).
+reproducible on a device: random draws happen on the model's device, so the same seed gives the same
+output on the same kind of device (CPU and GPU outputs differ). No Lightning, no pickles: JSON and safetensors only (see `omni.checkpoint`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from PIL import Image
 
 from omni.checkpoint import ModelFolderError, load_model, read_config
 from omni.data.images import load_rgb, to_pil, to_tensor
-from omni.generate import GENERATION_DEFAULTS, Prompt, decode_text, generate_images_ar, generate_images_mask
+from omni.generate import (
+    GENERATION_DEFAULTS,
+    Prompt,
+    decode_text,
+    generate_images_ar,
+    generate_images_mask,
+    seeded_generator,
+)
 from omni.model import Transformer
 from omni.tokenizers.export import VQFolderError, load_vq
 from omni.tokenizers.text import TextTokenizer
@@ -129,7 +137,7 @@ class OmniPipeline:
         return Prompt(ids, image=(2, 2 + len(image)))
 
     def _generator(self, seed: int) -> torch.Generator:
-        return torch.Generator().manual_seed(seed)
+        return seeded_generator(seed, self.device)
 
     def _decode(self, prompts: list[Prompt], max_new_tokens, temperature, seed) -> list[str]:
         max_new = self._option("max_new_tokens", max_new_tokens)

@@ -118,3 +118,25 @@ def test_schedule_and_sampling_rules():
     assert torch.equal(sample(logits, temperature=0.0), logits.argmax(-1))
     assert torch.equal(sample(logits, temperature=1.0, top_k=1), logits.argmax(-1))
     assert torch.equal(sample(logits, temperature=1.0, top_p=1e-6), logits.argmax(-1))
+
+
+def test_a_generator_on_another_device_than_the_model_is_a_clear_error(setup):
+    """torch's own error ('Expected a 'cuda' device type for generator') names no fix."""
+    from types import SimpleNamespace
+
+    from omni.generate import seeded_generator
+
+    tok, vocab, models = setup
+    elsewhere = SimpleNamespace(device=torch.device("cuda", 0))
+    prompt = [mmu_prompt(vocab, [1] * GRID)]
+    calls = [
+        lambda g: decode_text(models["mask"], vocab, prompt, max_new_tokens=2, generator=g),
+        lambda g: generate_images_mask(models["mask"], vocab, [[5]], GRID, steps=2, generator=g),
+        lambda g: generate_images_ar(models["ar"], vocab, [[5]], GRID, generator=g),
+    ]
+    for call in calls:
+        with pytest.raises(
+            ValueError, match=r"generator is on cuda:0 but the model on cpu.*seeded_generator"
+        ):
+            call(elsewhere)
+        call(seeded_generator(0, "cpu"))  # the model's device: fine

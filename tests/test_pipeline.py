@@ -93,3 +93,51 @@ def test_bad_inputs_get_clear_messages(pipes, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="omni"):
         images = pipe.generate_images(["a red circle " * 200])
     assert len(images) == 1 and "cut to the model's budget" in caplog.text
+
+
+def test_random_draws_happen_on_the_model_device(pipes, monkeypatch):
+    """Every direction seeds its generator on the model's device (a CPU generator crashed on CUDA).
+
+    The pipeline is told its model sits on cuda:0 and torch.Generator records the device it is
+    asked for (then hands back a CPU one so that the CPU model can still sample).
+    """
+    pipe = pipes["ar"]
+    real_generator = torch.Generator
+    asked = []
+
+    def recording_generator(device=None):
+        asked.append(torch.device(device) if device is not None else None)
+        return real_generator()
+
+    monkeypatch.setattr(torch, "Generator", recording_generator)
+    monkeypatch.setattr(type(pipe), "device", property(lambda self: torch.device("cuda", 0)))
+    monkeypatch.setattr(pipe, "_images", lambda images: torch.zeros(len(images), 3, 32, 32))
+    monkeypatch.setattr(pipe.vq, "encode", lambda images: torch.zeros(len(images), 64, dtype=torch.long))
+    image = Image.new("RGB", (32, 32))
+    pipe.generate_images(["a red circle"])
+    pipe.caption([image])
+    pipe.answer([image], ["what color is it?"])
+    pipe.generate_text(["a red"])
+    pipe.inpaint_codes(torch.zeros(64, dtype=torch.long), (0, 0, 8, 8), "x")
+    assert asked == [torch.device("cuda", 0)] * 5
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["mask", "ar"])
+def test_every_direction_samples_on_a_gpu_reproducibly(tiny_releases, mode):
+    pipe = omni.load_pretrained(tiny_releases[mode], device="cuda")
+    images = pipe.generate_images(["a red circle", ""], seed=1)
+    again = pipe.generate_images(["a red circle", ""], seed=1)
+    assert len(images) == 2 and all(same(a, b) for a, b in zip(images, again))
+    captions = pipe.caption(images, temperature=1.0, seed=2)
+    assert captions == pipe.caption(images, temperature=1.0, seed=2)
+    assert len(pipe.answer(images, ["what color is it?"] * 2)) == 2
+    assert pipe.generate_text(["a red"], temperature=1.0, seed=3) == pipe.generate_text(
+        ["a red"], temperature=1.0, seed=3
+    )
+    codes = pipe.vq.encode(pipe._images([images[0]]))[0]
+    new = pipe.inpaint_codes(codes, (0, 0, 16, 8), "a blue square", seed=0).view(8, 8)
+    region = torch.zeros(8, 8, dtype=torch.bool, device=new.device)
+    region[:2, :4] = True
+    assert new.is_cuda and torch.equal(new[~region], codes.view(8, 8)[~region])
+    assert pipe.inpaint(images[0], (0, 0, 16, 8), "a blue square", seed=0).size == (32, 32)
