@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never half of one.
+
+Files are left with the mode a plain `open(path, "w")` would give them (0666 less the umask),
+whatever the writer did: temporary files start as 0600, and the safetensors writer creates its
+files 0600 too, which would make a release unreadable to the other users of a cluster.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,25 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+# The safetensors header metadata Hugging Face loaders expect of PyTorch weights; Omni's own
+# facts live in the config.json beside the weights.
+SAFETENSORS_METADATA = {"format": "pt"}
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(path: str | Path) -> None:
+    """Give a file or folder we created the mode a normal write would: 0666 / 0777 less the umask."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask())
 
 
 def write_file_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -15,11 +39,9 @@ def write_file_atomically(path: str | Path, write: Callable[[Path], None]) -> Pa
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a release file is as readable as any other
     try:
         write(tmp)
+        give_default_mode(tmp)  # after writing: some writers (safetensors) recreate the file as 0600
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -27,3 +49,10 @@ def write_file_atomically(path: str | Path, write: Callable[[Path], None]) -> Pa
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def save_tensors_atomically(path: str | Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write `tensors` (contiguous, on the CPU) as a safetensors file, atomically, readable by others."""
+    return write_file_atomically(
+        path, lambda tmp: save_file(tensors, str(tmp), metadata=SAFETENSORS_METADATA)
+    )

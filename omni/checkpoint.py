@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
+from omni.atomic import give_default_mode, save_tensors_atomically
 from omni.model import ModelConfig, Transformer
 from omni.vocab import Vocab, VocabError
 
-FORMAT = "omni-model"
+FORMAT = "omni-model"  # config.json's "format" (the weights' safetensors metadata is HF's "pt")
 FORMAT_VERSION = 1
 INDEX = "model.safetensors.index.json"
 MAX_SHARD_BYTES = 2 * 1024**3
@@ -87,19 +87,18 @@ def save_pretrained(
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        os.chmod(tmp, 0o755)
         state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         shards = _shards(state, max_shard_bytes)
         if len(shards) == 1:
-            save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+            save_tensors_atomically(tmp / "model.safetensors", shards[0])
         else:
             weight_map = {}
             for i, shard in enumerate(shards, 1):
                 name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, str(tmp / name), metadata={"format": FORMAT})
+                save_tensors_atomically(tmp / name, shard)
                 weight_map.update(dict.fromkeys(shard, name))
             total = sum(t.numel() * t.element_size() for t in state.values())
-            index = {"metadata": {"total_size": total, "format": FORMAT}, "weight_map": weight_map}
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         shutil.copyfile(tokenizer, tmp / "tokenizer.json")
         (tmp / "vq").mkdir()
@@ -114,8 +113,9 @@ def save_pretrained(
             **(extra or {}),
         }
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        for path in tmp.rglob("*"):  # everything on disk before the swap makes it visible
-            if path.is_file():
+        for path in [tmp, *tmp.rglob("*")]:
+            give_default_mode(path)  # mkdtemp and safetensors make 0700 / 0600: unreadable to others
+            if path.is_file():  # everything on disk before the swap makes it visible
                 with open(path, "rb") as fh:
                     os.fsync(fh.fileno())
         replace_folder(tmp, folder)

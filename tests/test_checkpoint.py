@@ -228,3 +228,35 @@ def test_loading_a_release_never_unpickles(tiny_releases, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split() == ["str", "(32,", "32)"]
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027], ids=["umask-022", "umask-027"])
+def test_release_files_get_the_mode_a_normal_write_gets(model_assets, tmp_path, mask):
+    """safetensors and mkdtemp create 0600 / 0700: a release must be readable as the umask allows."""
+    import os
+    import stat
+
+    from safetensors import safe_open
+
+    torch.manual_seed(0)
+    vocab = Vocab.build(TextTokenizer.from_file(model_assets.tokenizer), codebook_size=64)
+    model = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size))
+    old = os.umask(mask)
+    try:
+        vq = save_vq(VQModel(VQConfig.from_name("shapes-32", channels=16, codebook_size=64)), tmp_path / "vq")
+        args = (model.config, vocab, model_assets.tokenizer, vq)
+        single = save_pretrained(tmp_path / "single", model.state_dict(), *args)
+        sharded = save_pretrained(tmp_path / "sharded", model.state_dict(), *args, max_shard_bytes=100_000)
+    finally:
+        os.umask(old)
+    paths = [vq, *vq.iterdir(), *single.rglob("*"), single, *sharded.rglob("*"), sharded]
+    assert len(list(sharded.glob("model-*.safetensors"))) > 1
+    for path in paths:
+        wanted = (0o777 if path.is_dir() else 0o666) & ~mask
+        assert stat.S_IMODE(path.stat().st_mode) == wanted, path
+    for weights in [vq / "model.safetensors", *single.rglob("*.safetensors"), *sharded.glob("*.safetensors")]:
+        with safe_open(str(weights), framework="pt") as fh:
+            assert fh.metadata() == {"format": "pt"}, weights  # what Hugging Face loaders expect
+    assert (
+        json.loads((single / "config.json").read_text())["format"] == "omni-model"
+    )  # Omni's facts stay here

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from omni.atomic import write_file_atomically
+from omni.atomic import save_tensors_atomically, write_file_atomically
 from omni.tokenizers.vqgan import VQConfig, VQModel
 
 FORMAT = "omni-vq"
@@ -28,9 +28,7 @@ def save_vq(model: VQModel, folder: str | Path, extra: dict | None = None) -> Pa
     """Write `folder/model.safetensors` then `folder/config.json`, each by atomic rename."""
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_file_atomically(
-        folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": FORMAT})
-    )
+    save_tensors_atomically(folder / "model.safetensors", state)
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
