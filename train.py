@@ -3,7 +3,7 @@
     python train.py fit --config configs/shapes/model.yaml                     # the CPU demo run
     python train.py fit --config configs/shapes/model.yaml --ckpt_path last    # resume
     python train.py fit --config configs/base/model-100m.yaml                  # a GPU run
-    python train.py fit --help
+    python train.py fit --help                                                 # every option, documented
 
 The data module builds the unified vocabulary from `data.tokenizer` and `data.vq` and hands it
 to the model; `model.transformer.image_generation` (mask or ar) is handed to the data module.
@@ -14,14 +14,14 @@ checkpoint and at the end.
 
 import warnings
 
-from lightning.pytorch.cli import LightningCLI
-
+from omni.cli import TrainingCLI
 from omni.errors import report_user_errors
 from omni.lit import OmniDataModule, OmniLitModule
 
 
-class OmniCLI(LightningCLI):
+class OmniCLI(TrainingCLI):
     def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
         parser.link_arguments("data.vocab", "model.vocab", apply_on="instantiate")
         parser.link_arguments("data.tokenizer", "model.tokenizer")
         parser.link_arguments("data.vq", "model.vq")
@@ -31,7 +31,7 @@ class OmniCLI(LightningCLI):
 def main() -> None:
     # Our loaders are IterableDatasets with a fixed number of batches per epoch (len() is exact).
     warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
-    OmniCLI(OmniLitModule, OmniDataModule, save_config_kwargs={"overwrite": True})
+    OmniCLI(OmniLitModule, OmniDataModule)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ class OmniLitModule(L.LightningModule):
         task_weights: loss weight per task (t2i, mmu, vqa, lm); the loss is the weighted sum of
             each task's mean token loss.
         ema_decay: keep an exponential moving average of the weights with this decay and
-            export it (0 disables; not with FSDP).
+            export it (0 disables; not with FSDP). Validation then scores the EMA weights as
+            val/* (what is released) and the live ones as val_live/*.
         activation_checkpointing: recompute each block's activations in the backward pass.
         compile: torch.compile each Transformer block.
         export_dir: where the release folder is written (None: not exported).
@@ -220,13 +221,14 @@ class OmniLitModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------
     # Steps
 
-    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+    def _step(self, batch: dict, stage: str, model: Transformer | None = None) -> torch.Tensor:
+        """The weighted loss of `model` (default: the live weights) on a batch, logged under `stage`/."""
+        model = self.model if model is None else model
         vis = Visibility(batch["doc"], batch["last"])
-        logits = self.model(
-            batch["tokens"], vis, positions=batch["positions"], image_index=batch["image_index"]
-        )
+        logits = model(batch["tokens"], vis, positions=batch["positions"], image_index=batch["image_index"])
         targets = batch["targets"]
         losses = token_losses(logits, targets)
+        sync = stage != "train"  # validation figures are averaged over ranks
         task = batch["task"][targets != IGNORE]
         total = self.config.z_loss * losses.lse_sq.mean() if self.config.z_loss else logits.new_zeros(())
         for i, name in enumerate(TASKS):
@@ -236,15 +238,15 @@ class OmniLitModule(L.LightningModule):
                 continue
             loss = losses.ce[selected].mean()
             total = total + self.task_weights[name] * loss
-            self.log(f"{stage}/{name}_loss", loss, batch_size=n, sync_dist=stage == "val")
+            self.log(f"{stage}/{name}_loss", loss, batch_size=n, sync_dist=sync)
             self.log(
                 f"{stage}/{name}_acc",
                 losses.correct[selected].float().mean(),
                 batch_size=n,
-                sync_dist=stage == "val",
+                sync_dist=sync,
             )
         tokens = batch["tokens"].numel()
-        self.log(f"{stage}/loss", total, prog_bar=True, batch_size=tokens, sync_dist=stage == "val")
+        self.log(f"{stage}/loss", total, prog_bar=stage != "val_live", batch_size=tokens, sync_dist=sync)
         return total
 
     def training_step(self, batch, batch_idx):
@@ -264,7 +266,13 @@ class OmniLitModule(L.LightningModule):
             torch._foreach_lerp_(ema, [p.detach() for p in live], 1 - d)
 
     def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
+        if self.ema is None:
+            self._step(batch, "val")
+            return
+        # The release holds the EMA weights, so val/* scores those; the live weights (what the
+        # optimiser steps) are logged apart as val_live/*.
+        self._step(batch, "val", self.ema)
+        self._step(batch, "val_live")
 
     def on_validation_epoch_end(self) -> None:
         self.log("minutes", self.train_minutes(), sync_dist=False)

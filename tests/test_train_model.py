@@ -79,13 +79,20 @@ def test_a_tiny_run_trains_validates_and_releases(model_assets, tmp_path):
         "--trainer.val_check_interval=20",
         "--trainer.log_every_n_steps=5",
         "--trainer.callbacks.init_args.every_n_train_steps=20",
+        "--progress.every_seconds=0.5",
     )
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (out / "checkpoints" / "last.ckpt").is_file()
+    # Without a progress bar the run says how it goes: step/budget, minutes, loss, task accuracies.
+    lines = [line for line in res.stdout.splitlines() if line.startswith("[train")]
+    assert len(lines) >= 3 and lines[0].startswith("[train] step 1/40 | 0.0 min | loss "), lines
+    assert all("t2i_acc" in line and "mmu_acc" in line and "steps/s" in line for line in lines[1:]), lines
+    assert lines[-1].startswith("[train done] step 40/40")
     rows = list(csv.DictReader(open(next(out.glob("logs/version_*/metrics.csv")))))
     val = [r for r in rows if r.get("val/t2i_acc")]
     assert len(val) == 2 and all(r["val/mmu_acc"] and r["val/vqa_acc"] and r["val/lm_acc"] for r in val)
+    assert all(r["val_live/t2i_acc"] and r["val_live/loss"] for r in val)  # EMA: both weights scored
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses[-1] < losses[0]
 
@@ -138,3 +145,76 @@ def test_image_fields_are_taken_from_the_vq_or_checked_against_it(model_assets):
     with pytest.raises(ValueError, match="need the VQ folder"):
         resolve_image_fields(replace(base, image_features=-1), vocab, None)
     assert resolve_image_fields(base, vocab, None) == (base, None)
+
+
+def test_validation_scores_the_released_weights_and_the_live_ones_apart(model_assets, monkeypatch):
+    """With EMA the release holds the average: val/* must score it, val_live/* the live weights."""
+    from omni.data.tasks import TaskBuilder, task_loader
+    from omni.lit import OmniLitModule
+    from omni.model import ModelConfig, Transformer
+    from omni.tokenizers.text import TextTokenizer
+    from omni.vocab import Vocab
+
+    tok = TextTokenizer.from_file(model_assets.tokenizer)
+    vocab = Vocab.build(tok, codebook_size=64)
+    torch.manual_seed(0)
+    lit = OmniLitModule(ModelConfig.from_name("tiny", max_seq_len=128), vocab=vocab, ema_decay=0.9)
+    with torch.no_grad():
+        for p in lit.ema.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # an average that differs from the live weights
+    loader = task_loader(
+        str(model_assets.codes / "val-*.tar"),
+        TaskBuilder(vocab, tok, "mask", 0.0),
+        ratios={"t2i": 1, "mmu": 1, "vqa": 1, "lm": 1},
+        seq_len=128,
+        batch_size=2,
+        batches_per_epoch=1,
+        resampled=False,
+        shuffle_buffer=0,
+        every_task=True,
+    )
+    batch = next(iter(loader))
+    logged = {}
+    monkeypatch.setattr(lit, "log", lambda name, value, **kw: logged.__setitem__(name, float(value)))
+    monkeypatch.setattr(lit, "_fsdp", lambda: False)  # no trainer attached
+    with torch.no_grad():
+        lit.validation_step(batch, 0)
+        released = Transformer(lit.config)
+        released.load_state_dict(lit._full_state_dict())  # what the export writes
+        expected = {
+            "val/loss": float(lit._step(batch, "check", released.eval())),
+            "val_live/loss": float(lit._step(batch, "check")),
+        }
+    assert logged["val/loss"] == pytest.approx(expected["val/loss"], rel=1e-5)
+    assert logged["val_live/loss"] == pytest.approx(expected["val_live/loss"], rel=1e-5)
+    assert abs(expected["val/loss"] - expected["val_live/loss"]) > 1e-3
+    assert {"val/t2i_acc", "val_live/t2i_acc", "val/mmu_acc", "val_live/mmu_acc"} <= set(logged)
+
+
+@pytest.mark.parametrize(
+    "script, flag, prefix",
+    [("train.py", "--help", "model.transformer"), ("tokenizers/train_vq.py", "--model.vq.help", "model.vq")],
+)
+def test_fit_help_documents_every_config_field(script, flag, prefix):
+    """`fit --help` shows each dataclass field's docstring (jsonargparse reads them only when asked)."""
+    import dataclasses
+    import os
+    import re
+
+    from omni.model import ModelConfig
+    from omni.tokenizers.vqgan import VQConfig
+
+    config = ModelConfig if script == "train.py" else VQConfig
+    env = {**os.environ, "COLUMNS": "200"}
+    res = subprocess.run(
+        [sys.executable, script, "fit", flag], cwd=REPO, capture_output=True, text=True, env=env
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = " ".join(res.stdout.split())
+    helps = dict(re.findall(rf"--{re.escape(prefix)}\.(\w+) \S+ (.*?)\(type:", text))
+    names = [f.name for f in dataclasses.fields(config)]
+    assert set(names) <= set(helps), sorted(set(names) - set(helps))
+    undocumented = [name for name in names if len(helps[name].strip()) < 10]
+    assert not undocumented, f"fields without help text: {undocumented}"
+    if config is ModelConfig:
+        assert helps["dim"].startswith("Width of the residual stream.")

@@ -23,9 +23,12 @@ def test_train_export_evaluate_and_resume(tmp_path, shapes_dir, in_memory):
     config = tiny_vq_config(tmp_path, shapes_dir, in_memory=in_memory)
     # The streaming run also exercises the GAN (from step 60, adaptive weight) and the SSIM loss.
     gan = [] if in_memory else ["--model.disc_start", "60", "--model.perceptual", "ssim"]
-    res = _train(config, *gan)
+    res = _train(config, *gan, "--progress.every_seconds", "0.5")
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "run/checkpoints/last.ckpt").is_file()
+    lines = [line for line in res.stdout.splitlines() if line.startswith("[train")]  # no bar: progress lines
+    assert len(lines) >= 2 and all(" min | loss " in line and "psnr" in line for line in lines), lines
+    assert lines[-1].startswith("[train done] step ") and "/" in lines[-1].split()[3]
     vq = load_vq(tmp_path / "vq")
     assert vq.config.codebook_size == 64
     assert json.loads((tmp_path / "vq/config.json").read_text())["trained_steps"] == 100

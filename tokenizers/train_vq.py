@@ -11,8 +11,7 @@ to `model.export_dir` at every checkpoint and at the end.
 
 import warnings
 
-from lightning.pytorch.cli import LightningCLI
-
+from omni.cli import TrainingCLI
 from omni.errors import report_user_errors
 from omni.tokenizers.lit import ImageDataModule, VQLitModule
 
@@ -21,7 +20,7 @@ def main() -> None:
     # Lightning warns that step-interval checkpoints under manual optimisation may hold state from
     # before the optimiser step; ours are saved after both optimisers stepped (resume is tested).
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
-    LightningCLI(VQLitModule, ImageDataModule, save_config_kwargs={"overwrite": True})
+    TrainingCLI(VQLitModule, ImageDataModule)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ class VQConfig:
     (GroupNorm). False makes a code a function of its own patch alone, so identical patches
     always get the same code: a much smaller code language for the Transformer to learn."""
     codebook_size: int = 1024
+    """Number of codes (image tokens) in the codebook."""
     code_dim: int = 8
+    """Width of a code vector: encoder outputs are projected to it and l2-normalised for the lookup."""
     beta: float = 0.25
     """Weight of the commitment term."""
     restart_every: int = 100
