@@ -3,6 +3,8 @@
 `omni.load_pretrained(folder)` loads a trained model folder (see omni.pipeline).
 """
 
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
+
 
 def __getattr__(name: str):
     # Lazy, so that `import omni.data...` does not pull in the model and tokenizers.

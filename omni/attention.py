@@ -19,7 +19,8 @@ itself) and `last` (the last key index a query may see). Query i may see key j e
 * `flex`: a `flex_attention` block mask built once per batch and shared by all layers (CUDA;
   on a CPU flex_attention has no backward);
 * `xformers`: an additive bias for `xformers.ops.memory_efficient_attention` (CUDA only,
-  imported lazily so that CPU runs never load it).
+  imported lazily so that CPU runs never load it; an optional extra, `omni-multimodal[xformers]`,
+  because its wheels pin a torch version; `auto` prefers flex).
 """
 
 from __future__ import annotations
@@ -219,6 +220,11 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
     usable = available_backends(device)
     if name == "auto":
         return usable[0]
+    if name == "xformers" and torch.device(device).type == "cuda" and name not in usable:
+        raise ValueError(
+            "attention backend 'xformers' is not installed; it is an extra: "
+            "pip install 'omni-multimodal[xformers]' (check that it keeps your torch), or use 'flex' / 'auto'"
+        )
     if name not in usable:
         raise ValueError(
             f"attention backend {name!r} is not usable on {device} (usable: {usable}); use 'sdpa' or 'auto'"

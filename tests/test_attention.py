@@ -103,6 +103,23 @@ def test_backend_resolution_on_cpu():
         resolve_backend("fast", "cpu")
 
 
+def test_xformers_is_an_extra_named_when_missing(monkeypatch):
+    """xformers is not a dependency (its wheels pin torch): asking for it without it names the extra."""
+    import sys
+    import tomllib
+
+    from conftest import REPO
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not any("xformers" in dep for dep in project["dependencies"])
+    assert any(dep.startswith("xformers") for dep in project["optional-dependencies"]["xformers"])
+    monkeypatch.setitem(sys.modules, "xformers", None)  # import xformers now raises ImportError
+    monkeypatch.setitem(sys.modules, "xformers.ops", None)
+    assert resolve_backend("auto", "cuda") == "flex"  # auto never needed it
+    with pytest.raises(ValueError, match=r"pip install 'omni-multimodal\[xformers\]'"):
+        resolve_backend("xformers", "cuda")
+
+
 @pytest.mark.cuda
 def test_gpu_backends_match_sdpa_forward_and_backward():
     vis = _batch_vis().to("cuda")

@@ -25,7 +25,7 @@ def test_import_tokenizers_is_hugging_face_from_repo_root():
     assert "site-packages" in out.stdout, out.stdout
 
 
-def test_wheel_contains_only_omni(tmp_path):
+def test_wheel_holds_only_omni_with_its_license_and_version(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(
         REPO,
@@ -55,7 +55,21 @@ def test_wheel_contains_only_omni(tmp_path):
     tops = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert "omni" in tops
     assert {t for t in tops if not t.endswith(".dist-info")} == {"omni"}, tops
-    assert any(n.startswith("omni/eval/") for n in zipfile.ZipFile(wheel).namelist())
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("omni/eval/") for n in names)
+    # Packaging: an SPDX license string with its file, the version from omni.__version__, and
+    # xformers only as an extra (its wheels pin torch, so a dependency could replace a CUDA torch).
+    import omni
+
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    meta = zipfile.ZipFile(wheel).read(metadata).decode()
+    assert "License-Expression: Apache-2.0" in meta.splitlines()
+    assert f"Version: {omni.__version__}" in meta.splitlines()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    xformers = [line for line in meta.splitlines() if line.startswith("Requires-Dist: xformers")]
+    assert xformers and all('extra == "xformers"' in line for line in xformers), xformers
+    license_text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
 
 
 def test_only_our_own_input_errors_lose_their_traceback(capsys):
