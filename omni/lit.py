@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -26,6 +24,7 @@ from omni.data.shards import expand_shards
 from omni.data.tasks import TASKS, TaskBuilder, task_loader
 from omni.generate import GENERATION_DEFAULTS
 from omni.model import IGNORE, ModelConfig, Transformer, token_losses
+from omni.tokenizers.codes import check_code_shards
 from omni.tokenizers.export import load_vq, read_vq_config
 from omni.tokenizers.text import TextTokenizer
 from omni.vocab import Vocab
@@ -382,29 +381,14 @@ class OmniDataModule(L.LightningDataModule):
             raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
         for pattern in (train_shards, val_shards):
             if pattern:
-                expand_shards(pattern)  # a pattern that matches nothing fails now, not after validation
+                # Fails now, not after validation: a pattern that matches nothing, or shards that
+                # another VQ encoded (codes of two tokenizers mean different things).
+                check_code_shards(expand_shards(pattern), vq)
         self.text_tokenizer = TextTokenizer.from_file(tokenizer)
         codebook_size = read_vq_config(vq).codebook_size
-        self._check_shards_match(train_shards, vq, codebook_size)
         self.vocab = Vocab.build(self.text_tokenizer, codebook_size)
         self.ratios = ratios or {"t2i": 0.4, "mmu": 0.3, "vqa": 0.2, "lm": 0.1}
         self.train_loader = self.val_loader = None
-
-    @staticmethod
-    def _check_shards_match(pattern: str, vq: str, codebook_size: int) -> None:
-        """Refuse code shards encoded with a codebook of another size (codes_info.json beside them)."""
-        info = Path(pattern).parent / "codes_info.json"
-        if not info.is_file():
-            return
-        try:
-            theirs = json.loads(info.read_text()).get("codebook_size")
-        except ValueError:
-            return
-        if theirs is not None and theirs != codebook_size:
-            raise ValueError(
-                f"{info} says the shards were encoded with {theirs} codes but the VQ folder {vq} has "
-                f"{codebook_size}; re-encode with tokenizers/encode_shards.py --vq {vq}"
-            )
 
     def builder(self, caption_dropout: float | None = None) -> TaskBuilder:
         h = self.hparams

@@ -53,7 +53,8 @@ def model_assets(shapes_dir, tmp_path_factory):
     import webdataset as wds
 
     from omni.tokenizers import VQConfig, VQModel, save_vq
-    from omni.tokenizers.codes import encode_shard
+    from omni.tokenizers.codes import encode_shard, record_encoded_shard
+    from omni.tokenizers.export import vq_fingerprint
     from omni.tokenizers.text import TextTokenizer, train_bpe
 
     out = tmp_path_factory.mktemp("model_assets")
@@ -68,9 +69,12 @@ def model_assets(shapes_dir, tmp_path_factory):
     save_vq(vq, out / "vq")
     codes = out / "codes"
     codes.mkdir()
+    fingerprint = vq_fingerprint(out / "vq")
     for shard in sorted(shapes_dir.glob("*.tar")):
-        encode_shard(vq, str(shard), codes / shard.name)
-    (codes / "codes_info.json").write_text(json.dumps({"codebook_size": 64, "grid": 8}))
+        counts = encode_shard(vq, str(shard), codes / shard.name)
+        record_encoded_shard(
+            codes, shard.name, vq=out / "vq", fingerprint=fingerprint, source=str(shard), counts=counts
+        )
     return SimpleNamespace(root=out, tokenizer=out / "tokenizer.json", vq=out / "vq", codes=codes)
 
 

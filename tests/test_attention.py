@@ -106,8 +106,8 @@ def test_backend_resolution_on_cpu():
 def test_xformers_is_an_extra_named_when_missing(monkeypatch):
     """xformers is not a dependency (its wheels pin torch): asking for it without it names the extra."""
     import sys
-    import tomllib
 
+    import tomllib
     from conftest import REPO
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]

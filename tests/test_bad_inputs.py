@@ -160,6 +160,23 @@ def test_a_vq_whose_codebook_disagrees_with_the_shards(trained, model_assets, tm
     assert digest(run) == before
 
 
+def test_code_shards_of_a_retrained_vq_with_the_same_codebook_size(trained, model_assets, tmp_path):
+    """Same codebook size, other weights: the ids would load fine and mean other pictures."""
+    import torch
+
+    from omni.tokenizers import VQConfig, VQModel, save_vq
+
+    cmd, run, _ = trained
+    other = tmp_path / "retrained-vq"
+    torch.manual_seed(123)
+    save_vq(VQModel(VQConfig.from_name("shapes-32", channels=16, codebook_size=64)), other)
+    shutil.copyfile(model_assets.vq / "config.json", other / "config.json")
+    before = digest(run)
+    res = subprocess.run([*cmd, f"--data.vq={other}"], cwd=REPO, capture_output=True, text=True)
+    clean_error(res, "encoded by another VQ than", str(other), "--overwrite")
+    assert digest(run) == before
+
+
 def test_resuming_with_another_vocabulary(trained, model_assets, tmp_path):
     from omni.tokenizers.text import TextTokenizer, train_bpe
 

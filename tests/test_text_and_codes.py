@@ -143,3 +143,48 @@ def test_encode_shards_cli_resumes(shapes_dir, tmp_path):
     )
     bad = subprocess.run(cmd[:3] + [str(tmp_path / "none")] + cmd[4:], capture_output=True, text=True)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_a_rerun_with_another_vq_refuses_to_mix_codes_unless_overwriting(shapes_dir, tmp_path):
+    """Codes of two tokenizers must never share a folder silently (the rerun used to skip the old
+    shards and relabel them with the new VQ's facts)."""
+    import json
+
+    from omni.tokenizers.export import vq_fingerprint
+
+    _tiny_vq(tmp_path / "a")
+    torch.manual_seed(1)  # a retrained VQ: same architecture and codebook size, other weights
+    save_vq(
+        VQModel(VQConfig(resolution=32, channels=16, num_blocks=1, codebook_size=64)), tmp_path / "b" / "vq"
+    )
+    out = tmp_path / "codes"
+
+    def encode(vq, *extra):
+        cmd = [
+            sys.executable,
+            str(REPO / "tokenizers/encode_shards.py"),
+            "--vq",
+            str(vq),
+            "--shards",
+            str(shapes_dir / "val-*.tar"),
+            "--out",
+            str(out),
+            *extra,
+        ]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    assert encode(tmp_path / "a" / "vq").returncode == 0
+    info = json.loads((out / "codes_info.json").read_text())
+    a, b = vq_fingerprint(tmp_path / "a" / "vq"), vq_fingerprint(tmp_path / "b" / "vq")
+    assert a != b and info["vq_fingerprint"] == a and info["shards"]["val-000000.tar"]["vq_fingerprint"] == a
+    before = (out / "val-000000.tar").read_bytes()
+    again = encode(tmp_path / "a" / "vq")  # the same VQ: a resume, nothing to do
+    assert again.returncode == 0 and "1 of 1 shards already encoded" in again.stdout
+    refused = encode(tmp_path / "b" / "vq")
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr and "not encoded by" in refused.stderr
+    assert (out / "val-000000.tar").read_bytes() == before
+    assert json.loads((out / "codes_info.json").read_text())["vq_fingerprint"] == a
+    assert encode(tmp_path / "b" / "vq", "--overwrite").returncode == 0
+    info = json.loads((out / "codes_info.json").read_text())
+    assert info["vq_fingerprint"] == b and info["shards"]["val-000000.tar"]["vq_fingerprint"] == b
+    assert (out / "val-000000.tar").read_bytes() != before and info["counts"]["encoded"] == 50

@@ -31,7 +31,14 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from omni.data.images import load_rgb, to_tensor
-from omni.data.shards import ShardStream, expand_shards, take_own_share, tar_looks_complete, worker_slot
+from omni.data.shards import (
+    ShardStream,
+    expand_shards,
+    is_remote,
+    take_own_share,
+    tar_looks_complete,
+    worker_slot,
+)
 
 log = logging.getLogger("omni.data")
 
@@ -314,7 +321,7 @@ def count_samples(urls: list[str]) -> int:
 def _epoch_batches(urls: list[str], batch_size: int, batches_per_epoch: int | None) -> int:
     if batches_per_epoch is not None:
         return batches_per_epoch
-    if any("://" in u or u.startswith("pipe:") for u in urls):
+    if any(is_remote(u) for u in urls):
         raise ValueError("remote shards: set batches_per_epoch (their samples cannot be counted cheaply)")
     world_size = wds.utils.pytorch_worker_info()[1]
     return max(1, math.ceil(count_samples(urls) / (batch_size * world_size)))

@@ -19,6 +19,11 @@ from torch.utils.data import IterableDataset
 log = logging.getLogger("omni.data")
 
 
+def is_remote(url: str) -> bool:
+    """Whether webdataset opens `url` itself (a URL or a `pipe:` command) rather than a local path."""
+    return "://" in url or url.startswith("pipe:")
+
+
 def expand_shards(pattern: str | list[str]) -> list[str]:
     """Sorted shard paths for a pattern; FileNotFoundError naming the pattern when none exist."""
     if isinstance(pattern, (list, tuple)):
@@ -26,7 +31,7 @@ def expand_shards(pattern: str | list[str]) -> list[str]:
         return paths
     paths = []
     for part in wds.shardlists.expand_urls(pattern):
-        if "://" in part or part.startswith("pipe:"):
+        if is_remote(part):
             paths.append(part)  # remote or piped shards are opened by webdataset as they are
             continue
         matches = sorted(glob.glob(os.path.expanduser(part)))

@@ -4,11 +4,17 @@ Each output sample keeps the input's `KEY.txt` and `KEY.json` and adds `KEY.code
 (h, w) array of int16 codes (int32 when the codebook has more than 32,767 entries). Model
 training reads these and never runs the VQ encoder. A shard is written to a temporary name and
 renamed when complete, so an interrupted run resumes by skipping the shards that exist.
+
+`codes_info.json` beside the shards records, for every shard, the fingerprint of the VQ weights
+that made its codes (`omni.tokenizers.export.vq_fingerprint`), its source and its counts;
+`check_code_shards` refuses shards of another VQ before training starts.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -17,10 +23,15 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from omni.atomic import write_file_atomically
 from omni.data.images import load_rgb, to_tensor
 from omni.data.loader import IMAGE_EXTENSIONS
-from omni.data.shards import tar_looks_complete
-from omni.tokenizers.vqgan import VQModel
+from omni.data.shards import is_remote, tar_looks_complete
+from omni.tokenizers.export import read_vq_config, vq_fingerprint
+from omni.tokenizers.vqgan import VQConfig, VQModel
+
+CODES_INFO = "codes_info.json"
+log = logging.getLogger("omni")
 
 
 def codes_to_npy(codes: np.ndarray, codebook_size: int) -> bytes:
@@ -83,3 +94,82 @@ def encode_shard(vq: VQModel, src: str, dst: str | Path, batch_size: int = 256, 
             flush(sink)
     os.replace(tmp, dst)
     return counts
+
+
+def read_codes_info(folder: str | Path) -> dict:
+    """A code folder's codes_info.json (`{"shards": {}}` when absent), with `shards` as {name: entry}.
+
+    Folders written before fingerprints were recorded list shard names only; their entries are
+    empty, so their fingerprint reads as unknown.
+    """
+    path = Path(folder) / CODES_INFO
+    if not path.is_file():
+        return {"shards": {}}
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-encode the folder with --overwrite") from e
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} is not a codes_info object; re-encode the folder with --overwrite")
+    shards = info.get("shards") or {}
+    info["shards"] = {name: {} for name in shards} if isinstance(shards, list) else dict(shards)
+    return info
+
+
+def record_encoded_shard(
+    folder: str | Path, name: str, *, vq: str | Path, fingerprint: str, source: str, counts: Counter
+) -> None:
+    """Add (or replace) shard `name`'s entry in `folder`'s codes_info.json, atomically."""
+    config: VQConfig = read_vq_config(vq)
+    info = read_codes_info(folder)
+    info.update(vq=str(vq), vq_fingerprint=fingerprint, grid=config.grid, codebook_size=config.codebook_size)
+    info["shards"][name] = {"vq_fingerprint": fingerprint, "source": str(source), "counts": dict(counts)}
+    totals: Counter = Counter()
+    for entry in info["shards"].values():
+        totals.update(entry.get("counts", {}))
+    info["counts"] = dict(totals)
+    text = json.dumps(info, indent=2) + "\n"
+    write_file_atomically(Path(folder) / CODES_INFO, lambda p: p.write_text(text))
+
+
+def check_code_shards(urls: list[str], vq: str | Path) -> None:
+    """Refuse code shards that another VQ than `vq` encoded (codebook size or weights fingerprint).
+
+    Each local shard is looked up in the codes_info.json beside it; shards without a recorded
+    fingerprint (hand-made, or from an older encode_shards.py) are warned about, not refused.
+    """
+    config = read_vq_config(vq)
+    fingerprint = vq_fingerprint(vq)
+    by_folder: dict[Path, list[str]] = {}
+    for url in urls:
+        if not is_remote(url):
+            by_folder.setdefault(Path(url).parent, []).append(Path(url).name)
+    for folder, names in by_folder.items():
+        info = read_codes_info(folder)
+        path = folder / CODES_INFO
+        fix = f"re-encode them: tokenizers/encode_shards.py --vq {vq} --shards IMAGE_SHARDS --out {folder} --overwrite"
+        theirs = info.get("codebook_size")
+        if theirs is not None and theirs != config.codebook_size:
+            raise ValueError(
+                f"{path} says the shards were encoded with {theirs} codes but the VQ folder {vq} has "
+                f"{config.codebook_size}; {fix}"
+            )
+        recorded = {n: info.get("shards", {}).get(n, {}).get("vq_fingerprint") for n in names}
+        other = sorted(n for n, f in recorded.items() if f is not None and f != fingerprint)
+        if other:
+            raise ValueError(
+                f"{len(other)} of the {len(names)} code shards in {folder} were encoded by another VQ than "
+                f"{vq} (its weights' fingerprint differs; {path}): {other[:3]}; codes of two tokenizers "
+                f"must not be mixed; {fix}, or point data.vq at the VQ that encoded them"
+            )
+        unknown = sorted(n for n, f in recorded.items() if f is None)
+        if unknown:
+            log.warning(
+                "%d code shards in %s have no VQ fingerprint in %s (e.g. %s): cannot check that %s encoded "
+                "them; re-encode with tokenizers/encode_shards.py --overwrite to record it",
+                len(unknown),
+                folder,
+                path,
+                unknown[0],
+                vq,
+            )

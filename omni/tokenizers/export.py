@@ -6,6 +6,7 @@ vq = load_vq("runs/shapes/vq")   # no Lightning, no pickle; a clear error for a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -37,6 +38,22 @@ def save_vq(model: VQModel, folder: str | Path, extra: dict | None = None) -> Pa
     }
     write_file_atomically(folder / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     return folder
+
+
+def vq_fingerprint(folder: str | Path) -> str:
+    """`sha256:<hex>` of the folder's model.safetensors: which weights made a set of codes.
+
+    Code shards record it (omni.tokenizers.codes); training refuses shards whose fingerprint is
+    not that of its VQ folder, since codes of two tokenizers mean different things.
+    """
+    weights = Path(folder) / "model.safetensors"
+    if not weights.is_file():
+        raise VQFolderError(f"{weights} not found; re-export the tokenizer")
+    digest = hashlib.sha256()
+    with open(weights, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def read_vq_config(folder: str | Path) -> VQConfig:
