@@ -84,3 +84,44 @@ def test_only_our_own_input_errors_lose_their_traceback(capsys):
     # Raised outside omni (here by int() in this file): a bug, so the traceback stays.
     with pytest.raises(ValueError, match="invalid literal"):
         report_user_errors(lambda: int("x"))
+
+
+def test_constraints_pin_every_package_the_project_installs():
+    """constraints.txt is the tested set: every distribution that omni-multimodal[dev] pulls in is
+    pinned there, and this environment (make's .venv) holds exactly those versions."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not pinned with =="
+            pins[canonicalize_name(name)] = version
+    seen, installed, todo = set(), {}, [("omni-multimodal", {"dev"})]
+    while todo:
+        name, extras = todo.pop()
+        key = canonicalize_name(name)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            continue  # a requirement whose marker does not apply here is not installed
+        if key != "omni-multimodal":
+            installed[key] = dist.version
+        for text in dist.requires or []:
+            req = Requirement(text)
+            envs = [{"extra": e} for e in extras] or [{"extra": ""}]
+            if req.marker is None or any(req.marker.evaluate(env) for env in envs):
+                todo.append((req.name, set(req.extras)))
+    unpinned = sorted(set(installed) - set(pins))
+    assert not unpinned, f"not pinned in constraints.txt: {unpinned}; refresh it with `make constraints`"
+    drifted = {k: (v, pins[k]) for k, v in installed.items() if v != pins[k]}
+    assert not drifted, (
+        f"installed != pinned: {drifted}; reinstall with make, or refresh with `make constraints`"
+    )
