@@ -78,7 +78,7 @@ class ProgressLines(L.Callback):
             self._print(trainer, now)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._active(trainer) and trainer.global_step > self._last_step:
+        if self._active(trainer):  # always: a run that ends says so, whatever the last line was
             self._print(trainer, time.monotonic(), tag="[train done]")
 
     def _print(self, trainer: L.Trainer, now: float, tag: str = "[train]") -> None:
