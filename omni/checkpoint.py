@@ -8,7 +8,8 @@
         vq/                  the VQ tokenizer's folder (config.json + model.safetensors)
 
 `save_pretrained` writes the whole folder beside its destination and swaps it in with renames,
-so a reader (or a crash) never meets a half-written release. `load_model` builds the model on
+so a reader (or a crash) never meets a half-written release, and it only ever replaces a release
+that Omni wrote (see omni.release). `load_model` builds the model on
 the meta device and loads the weights strictly; nothing is unpickled, and a bad folder is a
 `ModelFolderError` naming the file and the fix. Lightning `.ckpt` files are for resuming only.
 """
@@ -16,16 +17,15 @@ the meta device and loads the weights strictly; nothing is unpickled, and a bad 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from omni.atomic import give_default_mode, save_tensors_atomically
+from omni.atomic import save_tensors_atomically
 from omni.model import ModelConfig, Transformer
+from omni.release import writing_folder
 from omni.vocab import Vocab, VocabError
 
 FORMAT = "omni-model"  # config.json's "format" (the weights' safetensors metadata is HF's "pt")
@@ -36,21 +36,6 @@ MAX_SHARD_BYTES = 2 * 1024**3
 
 class ModelFolderError(ValueError):
     """A model folder that cannot be loaded; the message names the file and the fix."""
-
-
-def replace_folder(tmp: Path, dst: Path) -> None:
-    """Move the finished folder `tmp` to `dst`, replacing any old one by two renames.
-
-    Between the renames (a crash window of microseconds) `dst` is absent and the old release
-    waits in `.{name}.old`; `load_model` points there if it ever finds that state.
-    """
-    old = dst.with_name(f".{dst.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dst.exists():
-        os.rename(dst, old)
-    os.rename(tmp, dst)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
@@ -74,8 +59,13 @@ def save_pretrained(
     generation: dict | None = None,
     extra: dict | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    run: str | None = None,
 ) -> Path:
-    """Write a release folder for a model's `state` (a state dict), its tokenizer.json and VQ folder."""
+    """Write a release folder for a model's `state` (a state dict), its tokenizer.json and VQ folder.
+
+    The folder is written whole (omni.release.writing_folder): an existing `folder` is replaced
+    only if Omni wrote it as a model release (and, with `run`, that training run did).
+    """
     folder, tokenizer, vq = Path(folder), Path(tokenizer), Path(vq)
     for path, what in (
         (tokenizer, "text tokenizer"),
@@ -84,9 +74,8 @@ def save_pretrained(
     ):
         if not path.is_file():
             raise FileNotFoundError(f"{what} {path} not found; the release folder needs it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    facts = {k: v for k, v in (extra or {}).items() if k == "trained_steps"}
+    with writing_folder(folder, "model", run=run, facts=facts, what="release folder") as tmp:
         state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         shards = _shards(state, max_shard_bytes)
         if len(shards) == 1:
@@ -113,15 +102,6 @@ def save_pretrained(
             **(extra or {}),
         }
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        for path in [tmp, *tmp.rglob("*")]:
-            give_default_mode(path)  # mkdtemp and safetensors make 0700 / 0600: unreadable to others
-            if path.is_file():  # everything on disk before the swap makes it visible
-                with open(path, "rb") as fh:
-                    os.fsync(fh.fileno())
-        replace_folder(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

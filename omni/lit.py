@@ -24,6 +24,7 @@ from omni.data.shards import expand_shards
 from omni.data.tasks import TASKS, TaskBuilder, task_loader
 from omni.generate import GENERATION_DEFAULTS
 from omni.model import IGNORE, ModelConfig, Transformer, token_losses
+from omni.release import RunOutputs
 from omni.tokenizers.codes import check_code_shards
 from omni.tokenizers.export import load_vq, read_vq_config
 from omni.tokenizers.text import TextTokenizer
@@ -143,6 +144,7 @@ class OmniLitModule(L.LightningModule):
         self.ema = None
         if ema_decay > 0:
             self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.outputs = RunOutputs(export_dir, "model")
 
     # ------------------------------------------------------------------------------------------
     # Setup
@@ -162,6 +164,11 @@ class OmniLitModule(L.LightningModule):
             raise ValueError(
                 "ema_decay > 0 is not supported with FSDP (the average would be of shards); set it to 0"
             )
+
+    def on_fit_start(self) -> None:
+        # After a resumed checkpoint restored the run id: refuse outputs that would destroy something.
+        h = self.hparams
+        self.outputs.check_at_start(self.trainer, {"data.vq": h.vq, "the tokenizer": h.tokenizer})
 
     def configure_optimizers(self):
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
@@ -259,6 +266,10 @@ class OmniLitModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # A checkpoint saved by this step (ModelCheckpoint's hook runs before this one) is on disk
+        # now; the release follows it, with the same weights, so it is never ahead of last.ckpt.
+        if self.outputs.export_pending:
+            self.export()
         if self.ema is not None:
             d = self.hparams.ema_decay
             ema, live = list(self.ema.parameters()), list(self.model.parameters())
@@ -293,6 +304,7 @@ class OmniLitModule(L.LightningModule):
 
     def export(self) -> None:
         h = self.hparams
+        self.outputs.export_pending = False
         if not h.export_dir:
             return
         state = self._full_state_dict()
@@ -311,11 +323,13 @@ class OmniLitModule(L.LightningModule):
                     "trained_steps": int(self.global_step),
                     "trained_minutes": round(self.train_minutes(), 2),
                 },
+                run=self.outputs.run,
             )
 
     def on_save_checkpoint(self, checkpoint) -> None:
         checkpoint["omni_vocab"] = self.vocab.to_dict()
-        self.export()
+        self.outputs.save(checkpoint)
+        self.outputs.export_pending = True  # exported once the checkpoint is written (on_train_batch_end)
 
     def on_load_checkpoint(self, checkpoint) -> None:
         # Resuming with another tokenizer or VQ would fail inside torch on mismatched shapes, or
@@ -329,6 +343,7 @@ class OmniLitModule(L.LightningModule):
                 f"({ours.text_size} text ids, {ours.codebook_size} codes); resume with the tokenizer.json "
                 f"and VQ folder the run started with"
             )
+        self.outputs.load(checkpoint)
 
     def on_train_end(self) -> None:
         self.export()

@@ -53,6 +53,7 @@ print(pipe.vocab.size, pipe.vq.config.codebook_size, pipe.generation["mask_steps
 def test_save_then_load_is_bit_exact_in_a_process_without_lightning(release, tmp_path):
     folder, model = release
     assert sorted(p.name for p in folder.iterdir()) == [
+        ".omni-release.json",  # the guarded writer's mark: Omni wrote this folder
         "config.json",
         "model.safetensors",
         "tokenizer.json",

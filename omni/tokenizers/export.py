@@ -1,4 +1,4 @@
-"""The VQ release folder: `config.json` + `model.safetensors`, written atomically, loaded strictly.
+"""The VQ release folder: `config.json` + `model.safetensors`, written whole, loaded strictly.
 
 save_vq(model, "runs/shapes/vq")
 vq = load_vq("runs/shapes/vq")   # no Lightning, no pickle; a clear error for a bad folder
@@ -14,7 +14,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from omni.atomic import save_tensors_atomically, write_file_atomically
+from omni.atomic import save_tensors_atomically
+from omni.release import writing_folder
 from omni.tokenizers.vqgan import VQConfig, VQModel
 
 FORMAT = "omni-vq"
@@ -25,19 +26,21 @@ class VQFolderError(ValueError):
     """A VQ folder that cannot be loaded; the message names the file and the fix."""
 
 
-def save_vq(model: VQModel, folder: str | Path, extra: dict | None = None) -> Path:
-    """Write `folder/model.safetensors` then `folder/config.json`, each by atomic rename."""
-    folder = Path(folder)
+def save_vq(model: VQModel, folder: str | Path, extra: dict | None = None, run: str | None = None) -> Path:
+    """Write the VQ folder (model.safetensors + config.json) whole (omni.release.writing_folder):
+    an existing `folder` is replaced only if Omni wrote it as a VQ folder (with `run`: that run)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_tensors_atomically(folder / "model.safetensors", state)
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "vq": model.config.to_dict(),
         **(extra or {}),
     }
-    write_file_atomically(folder / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
-    return folder
+    facts = {k: v for k, v in (extra or {}).items() if k == "trained_steps"}
+    with writing_folder(folder, "vq", run=run, facts=facts, what="VQ folder") as tmp:
+        save_tensors_atomically(tmp / "model.safetensors", state)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return Path(folder)
 
 
 def vq_fingerprint(folder: str | Path) -> str:

@@ -17,6 +17,7 @@ import torch
 
 from omni.data.loader import image_text_loader
 from omni.data.shards import expand_shards
+from omni.release import RunOutputs
 from omni.tokenizers.evaluate import scene_matches
 from omni.tokenizers.export import save_vq
 from omni.tokenizers.losses import (
@@ -81,6 +82,7 @@ class VQLitModule(L.LightningModule):
         self.perceptual = make_perceptual(perceptual, perceptual_weights)
         self.discriminator = PatchDiscriminator(disc_channels, disc_layers) if disc_start >= 0 else None
         self._fit_start: float | None = None
+        self.outputs = RunOutputs(export_dir, "vq")
 
     # ------------------------------------------------------------------------------------------
     def _gan_active(self) -> bool:
@@ -170,6 +172,7 @@ class VQLitModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._fit_start = time.monotonic()
+        self.outputs.check_at_start(self.trainer, {})  # after a resumed checkpoint restored the run id
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -194,11 +197,27 @@ class VQLitModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------
     def export(self) -> None:
         """Write the release folder (rank 0 only)."""
+        self.outputs.export_pending = False
         if self.hparams.export_dir and self.trainer.is_global_zero:
-            save_vq(self.vq, self.hparams.export_dir, extra={"trained_steps": int(self.global_step)})
+            save_vq(
+                self.vq,
+                self.hparams.export_dir,
+                extra={"trained_steps": int(self.global_step)},
+                run=self.outputs.run,
+            )
 
     def on_save_checkpoint(self, checkpoint) -> None:
-        self.export()
+        self.outputs.save(checkpoint)
+        self.outputs.export_pending = True  # exported once the checkpoint is written
+
+    def on_load_checkpoint(self, checkpoint) -> None:
+        self.outputs.load(checkpoint)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # ModelCheckpoint's hook (which saves) runs before this one: the release follows the
+        # checkpoint on disk, so it is never ahead of last.ckpt.
+        if self.outputs.export_pending:
+            self.export()
 
     def on_train_end(self) -> None:
         self.export()
