@@ -17,6 +17,8 @@ help:
 	@echo "make constraints  re-resolve every dependency in a scratch venv and pin the result in constraints.txt"
 
 $(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "make needs Python >= 3.11 (constraints.txt is the set tested on 3.11); set PYTHON=python3.11"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing omni and its dependencies into $(VENV) (first run only, a few minutes)..."
 	@# The machine's pip config lists local wheel folders that may not hold every package;

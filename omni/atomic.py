@@ -12,17 +12,17 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
-# The safetensors header metadata Hugging Face loaders expect of PyTorch weights; Omni's own
-# facts live in the config.json beside the weights.
-SAFETENSORS_METADATA = {"format": "pt"}
-
 
 def umask() -> int:
-    """The process's umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0o022)
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere reading it means setting it, so it is set straight back
     os.umask(mask)
     return mask
 
@@ -49,10 +49,3 @@ def write_file_atomically(path: str | Path, write: Callable[[Path], None]) -> Pa
         tmp.unlink(missing_ok=True)
         raise
     return path
-
-
-def save_tensors_atomically(path: str | Path, tensors: dict[str, torch.Tensor]) -> Path:
-    """Write `tensors` (contiguous, on the CPU) as a safetensors file, atomically, readable by others."""
-    return write_file_atomically(
-        path, lambda tmp: save_file(tensors, str(tmp), metadata=SAFETENSORS_METADATA)
-    )

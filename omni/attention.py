@@ -222,7 +222,7 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
         return usable[0]
     if name == "xformers" and torch.device(device).type == "cuda" and name not in usable:
         raise ValueError(
-            "attention backend 'xformers' is not installed; it is an extra: "
+            "attention backend 'xformers' is not installed (or does not import); it is an extra: "
             "pip install 'omni-multimodal[xformers]' (check that it keeps your torch), or use 'flex' / 'auto'"
         )
     if name not in usable:

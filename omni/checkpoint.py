@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from omni.atomic import save_tensors_atomically
 from omni.model import ModelConfig, Transformer
-from omni.release import writing_folder
+from omni.release import save_tensors, writing_folder
 from omni.vocab import Vocab, VocabError
 
 FORMAT = "omni-model"  # config.json's "format" (the weights' safetensors metadata is HF's "pt")
@@ -79,12 +78,12 @@ def save_pretrained(
         state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         shards = _shards(state, max_shard_bytes)
         if len(shards) == 1:
-            save_tensors_atomically(tmp / "model.safetensors", shards[0])
+            save_tensors(tmp / "model.safetensors", shards[0])
         else:
             weight_map = {}
             for i, shard in enumerate(shards, 1):
                 name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_tensors_atomically(tmp / name, shard)
+                save_tensors(tmp / name, shard)
                 weight_map.update(dict.fromkeys(shard, name))
             total = sum(t.numel() * t.element_size() for t in state.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}

@@ -145,6 +145,7 @@ class OmniLitModule(L.LightningModule):
         if ema_decay > 0:
             self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.outputs = RunOutputs(export_dir, "model")
+        self.step_metrics: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------------------------------
     # Setup
@@ -235,6 +236,8 @@ class OmniLitModule(L.LightningModule):
         targets = batch["targets"]
         losses = token_losses(logits, targets)
         sync = stage != "train"  # validation figures are averaged over ranks
+        if stage == "train":
+            self.step_metrics = {}  # this step's own figures, for the progress lines
         task = batch["task"][targets != IGNORE]
         total = self.config.z_loss * losses.lse_sq.mean() if self.config.z_loss else logits.new_zeros(())
         for i, name in enumerate(TASKS):
@@ -243,16 +246,16 @@ class OmniLitModule(L.LightningModule):
             if n == 0:
                 continue
             loss = losses.ce[selected].mean()
+            accuracy = losses.correct[selected].float().mean()
             total = total + self.task_weights[name] * loss
             self.log(f"{stage}/{name}_loss", loss, batch_size=n, sync_dist=sync)
-            self.log(
-                f"{stage}/{name}_acc",
-                losses.correct[selected].float().mean(),
-                batch_size=n,
-                sync_dist=sync,
-            )
+            self.log(f"{stage}/{name}_acc", accuracy, batch_size=n, sync_dist=sync)
+            if stage == "train":
+                self.step_metrics[f"train/{name}_acc"] = accuracy.detach()
         tokens = batch["tokens"].numel()
         self.log(f"{stage}/loss", total, prog_bar=stage != "val_live", batch_size=tokens, sync_dist=sync)
+        if stage == "train":
+            self.step_metrics["train/loss"] = total.detach()
         return total
 
     def training_step(self, batch, batch_idx):
@@ -394,11 +397,9 @@ class OmniDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if not 0.0 <= caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
-        for pattern in (train_shards, val_shards):
-            if pattern:
-                # Fails now, not after validation: a pattern that matches nothing, or shards that
-                # another VQ encoded (codes of two tokenizers mean different things).
-                check_code_shards(expand_shards(pattern), vq)
+        # Fails now, not after validation: a pattern that matches nothing, or shards that another
+        # VQ encoded (codes of two tokenizers mean different things). One check: one VQ hash.
+        check_code_shards([u for p in (train_shards, val_shards) if p for u in expand_shards(p)], vq)
         self.text_tokenizer = TextTokenizer.from_file(tokenizer)
         codebook_size = read_vq_config(vq).codebook_size
         self.vocab = Vocab.build(self.text_tokenizer, codebook_size)

@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Timer
 
 
@@ -42,7 +43,7 @@ class ProgressLines(L.Callback):
         self.every_seconds = every_seconds
         self.enabled = enabled
         self.metrics = tuple(metrics)
-        self._sums: dict[str, float] = defaultdict(float)
+        self._sums: dict = {}
         self._counts: dict[str, int] = defaultdict(int)
         self._last_print = self._start = 0.0
         self._last_step = 0
@@ -66,13 +67,15 @@ class ProgressLines(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self._active(trainer):
             return
-        for name, value in trainer.callback_metrics.items():
-            if self._rank(name) is not None:
-                try:
-                    self._sums[name] += float(value)
-                    self._counts[name] += 1
-                except (TypeError, ValueError):
-                    continue
+        # Lightning's callback_metrics keep a metric's last value when a step did not log it (a
+        # task absent from a batch); a module that lists this step's own figures is read instead.
+        step_metrics = getattr(pl_module, "step_metrics", None)
+        metrics = step_metrics if isinstance(step_metrics, dict) else trainer.callback_metrics
+        for name, value in metrics.items():
+            if self._rank(name) is not None and isinstance(value, (torch.Tensor, int, float)):
+                value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+                self._sums[name] = self._sums.get(name, 0.0) + value  # summed on its device: no sync
+                self._counts[name] += 1
         now = time.monotonic()
         if not self._printed or now - self._last_print >= self.every_seconds:  # first: the run has started
             self._print(trainer, now)
@@ -87,7 +90,7 @@ class ProgressLines(L.Callback):
         parts = [f"step {step:,}{of}", self._minutes(trainer, now)]
         figures = []
         for name in sorted(self._sums, key=self._rank):
-            mean = self._sums[name] / max(self._counts[name], 1)
+            mean = float(self._sums[name]) / max(self._counts[name], 1)
             short = name.removeprefix("train/")
             figures.append(f"{short} {mean:.1%}" if short.endswith("_acc") else f"{short} {mean:.4g}")
         if figures:

@@ -32,6 +32,9 @@ from pathlib import Path
 from omni.atomic import give_default_mode
 
 MARKER = ".omni-release.json"
+# The safetensors header metadata Hugging Face loaders expect of PyTorch weights; Omni's own
+# facts live in the config.json beside the weights.
+SAFETENSORS_METADATA = {"format": "pt"}
 
 
 class FolderGuardError(ValueError):
@@ -76,6 +79,13 @@ def check_replaceable(
             f"{what} {dst} holds the release of another run{held}; a new run never replaces it: choose another "
             f"export folder, resume that run with --ckpt_path, or delete the folder yourself"
         )
+
+
+def save_tensors(path: str | Path, tensors: dict) -> None:
+    """Write tensors (contiguous, on the CPU) as a safetensors file inside a folder being written."""
+    from safetensors.torch import save_file  # here: the folder guard itself needs no torch
+
+    save_file(tensors, str(path), metadata=SAFETENSORS_METADATA)
 
 
 @contextmanager

@@ -159,14 +159,14 @@ def test_a_rerun_with_another_vq_refuses_to_mix_codes_unless_overwriting(shapes_
     )
     out = tmp_path / "codes"
 
-    def encode(vq, *extra):
+    def encode(vq, *extra, shards="val-*.tar"):
         cmd = [
             sys.executable,
             str(REPO / "tokenizers/encode_shards.py"),
             "--vq",
             str(vq),
             "--shards",
-            str(shapes_dir / "val-*.tar"),
+            str(shapes_dir / shards),
             "--out",
             str(out),
             *extra,
@@ -181,7 +181,16 @@ def test_a_rerun_with_another_vq_refuses_to_mix_codes_unless_overwriting(shapes_
     again = encode(tmp_path / "a" / "vq")  # the same VQ: a resume, nothing to do
     assert again.returncode == 0 and "1 of 1 shards already encoded" in again.stdout
     refused = encode(tmp_path / "b" / "vq")
-    assert refused.returncode == 2 and "--overwrite" in refused.stderr and "not encoded by" in refused.stderr
+    assert refused.returncode == 2 and "encoded by another VQ" in refused.stderr
+    assert "rerun with --overwrite" in refused.stderr
+    # Other shards into the same folder: the folder would hold codes of two VQs, even with --overwrite.
+    beside = encode(tmp_path / "b" / "vq", "--overwrite", shards="train-000000.tar")
+    assert (
+        beside.returncode == 2
+        and "encoded by another VQ" in beside.stderr
+        and "another --out" in beside.stderr
+    )
+    assert not (out / "train-000000.tar").exists()
     assert (out / "val-000000.tar").read_bytes() == before
     assert json.loads((out / "codes_info.json").read_text())["vq_fingerprint"] == a
     assert encode(tmp_path / "b" / "vq", "--overwrite").returncode == 0

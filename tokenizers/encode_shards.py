@@ -4,9 +4,11 @@
 
 Each input shard becomes a code shard of the same name in --out. Finished shards are skipped,
 so an interrupted run resumes where it stopped (--overwrite re-encodes everything).
-codes_info.json in --out records which VQ weights encoded each shard (a fingerprint): a rerun
-with another VQ refuses to mix its codes with the old ones unless --overwrite re-encodes them,
-and train.py refuses shards that its --data.vq did not encode.
+codes_info.json in --out records which VQ weights encoded each shard (a fingerprint): a folder
+holds the codes of one VQ, so a run with another VQ refuses to add its codes beside the old ones
+unless --overwrite re-encodes them, and train.py refuses shards that its --data.vq did not
+encode. The run refuses an --out that holds its input shards and inputs of the same name, and
+holds a lock on --out (a second run into the same folder stops with a clear error).
 """
 
 import argparse
@@ -15,44 +17,112 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from omni.data.loader import count_samples
-from omni.data.shards import expand_shards
+from omni.data.shards import expand_shards, is_remote
 from omni.tokenizers import VQFolderError, load_vq
-from omni.tokenizers.codes import CODES_INFO, encode_shard, read_codes_info, record_encoded_shard
+from omni.tokenizers.codes import (
+    CODES_INFO,
+    encode_shard,
+    is_code_shard,
+    read_codes_info,
+    record_encoded_shard,
+)
 from omni.tokenizers.export import vq_fingerprint
+
+LOCK = ".encode_shards.lock"  # in --out: one encoding run at a time per folder
+
+
+def plan_problem(urls: list[str], out: Path) -> str | None:
+    """Why encoding `urls` into `out` would destroy input or lose shards (None: it would not)."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file; give a folder"
+    inputs = {Path(u).resolve().parent for u in urls if not is_remote(u)}
+    if out.resolve() in inputs:
+        return (
+            f"--out {out} holds the input shards: their code shards would replace them; "
+            f"write the code shards to another folder"
+        )
+    by_name: dict[str, list[str]] = {}
+    for u in urls:
+        by_name.setdefault(Path(u).name, []).append(u)
+    clash = next((sources for sources in by_name.values() if len(sources) > 1), None)
+    if clash:
+        return (
+            f"{len(clash)} input shards share the name {Path(clash[0]).name} ({', '.join(clash[:2])}): their code "
+            f"shards would overwrite each other in {out}; encode each folder into its own --out"
+        )
+    return None
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vq", required=True, help="VQ folder (config.json + model.safetensors)")
-    parser.add_argument("--shards", required=True, help="image shard pattern")
+    parser.add_argument(
+        "--shards", required=True, help="image shard pattern (globs, brace ranges, '::'-joined)"
+    )
     parser.add_argument("--out", required=True, help="output folder for the code shards")
     parser.add_argument("--batch-size", type=int, default=256, help="images encoded at once")
-    parser.add_argument("--overwrite", action="store_true", help="re-encode shards that already exist")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="re-encode this run's shards even where they exist"
+    )
     args = parser.parse_args()
+    if args.batch_size < 1:
+        print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
     try:
         vq = load_vq(args.vq)
         fingerprint = vq_fingerprint(args.vq)
         urls = expand_shards(args.shards)
-        out = Path(args.out)
-        recorded = read_codes_info(out).get("shards", {})
-    except (VQFolderError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    done = [u for u in urls if (out / Path(u).name).exists()]
-    other = [u for u in done if recorded.get(Path(u).name, {}).get("vq_fingerprint") != fingerprint]
-    if other and not args.overwrite:
+        problem = plan_problem(urls, out)
+        if problem:
+            raise ValueError(problem)
+        out.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(out / LOCK), timeout=0):
+            return encode_all(vq, args, urls, out, fingerprint)
+    except Timeout:
         print(
-            f"error: {len(other)} of the shards in {out} were not encoded by {args.vq} (e.g. "
-            f"{Path(other[0]).name}: {out / CODES_INFO} records another VQ's fingerprint, or none); "
-            f"codes of two tokenizers must not be mixed: rerun with --overwrite to re-encode them, "
-            f"or write to another --out",
+            f"error: another encode_shards.py is writing into {out} ({out / LOCK} is locked); "
+            f"wait for it to finish, or write to another --out",
             file=sys.stderr,
         )
-        return 2
-    out.mkdir(parents=True, exist_ok=True)
+    except (VQFolderError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def encode_all(vq, args, urls: list[str], out: Path, fingerprint: str) -> int:
+    """Encode what needs encoding into `out` (holding its lock); 0, or a ValueError saying why not."""
+    recorded = read_codes_info(out)["shards"]
+    names = {Path(u).name for u in urls}
+    # A folder holds the codes of one VQ: shards of another VQ block the run unless it re-encodes them.
+    foreign = sorted(
+        n
+        for n, entry in recorded.items()
+        if (out / n).exists() and entry.get("vq_fingerprint") != fingerprint
+    )
+    kept = [n for n in foreign if not (args.overwrite and n in names)]
+    if kept:
+        fix = (
+            "rerun with --overwrite to re-encode them"
+            if set(kept) <= names
+            else "re-encode those shards with this VQ (--overwrite), or write to another --out"
+        )
+        raise ValueError(
+            f"{len(kept)} code shards in {out} were encoded by another VQ than {args.vq} (e.g. {kept[0]}; "
+            f"{out / CODES_INFO} records its fingerprint); codes of two tokenizers must not share a folder: {fix}"
+        )
+    unrecorded = [u for u in urls if (out / Path(u).name).exists() and Path(u).name not in recorded]
+    strangers = [u for u in unrecorded if not is_code_shard(out / Path(u).name)]
+    if strangers:
+        raise ValueError(
+            f"{out / Path(strangers[0]).name} exists and is not a code shard; it is not replaced: "
+            f"write to another --out"
+        )
+    done = [u for u in urls if (out / Path(u).name).exists() and Path(u).name in recorded]
     todo = urls if args.overwrite else [u for u in urls if u not in done]
     if len(todo) < len(urls):
         print(f"{len(urls) - len(todo)} of {len(urls)} shards already encoded in {out}; skipping them")

@@ -51,7 +51,7 @@ def npy_to_codes(data: bytes) -> np.ndarray:
 def encode_shard(vq: VQModel, src: str, dst: str | Path, batch_size: int = 256, progress=None) -> Counter:
     """Encode every image of shard `src` into code shard `dst`; returns counts (encoded, skipped: reason)."""
     dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")  # per process: two runs never share it
     counts: Counter = Counter()
     res, grid = vq.config.resolution, vq.config.grid
     pending: list[tuple[dict, torch.Tensor]] = []
@@ -123,7 +123,12 @@ def record_encoded_shard(
     config: VQConfig = read_vq_config(vq)
     info = read_codes_info(folder)
     info.update(vq=str(vq), vq_fingerprint=fingerprint, grid=config.grid, codebook_size=config.codebook_size)
-    info["shards"][name] = {"vq_fingerprint": fingerprint, "source": str(source), "counts": dict(counts)}
+    info["shards"][name] = {
+        "vq_fingerprint": fingerprint,
+        "codebook_size": config.codebook_size,
+        "source": str(source),
+        "counts": dict(counts),
+    }
     totals: Counter = Counter()
     for entry in info["shards"].values():
         totals.update(entry.get("counts", {}))
@@ -136,33 +141,40 @@ def check_code_shards(urls: list[str], vq: str | Path) -> None:
     """Refuse code shards that another VQ than `vq` encoded (codebook size or weights fingerprint).
 
     Each local shard is looked up in the codes_info.json beside it; shards without a recorded
-    fingerprint (hand-made, or from an older encode_shards.py) are warned about, not refused.
+    fingerprint (hand-made, or from an older encode_shards.py) and remote shards are warned
+    about, not refused.
     """
     config = read_vq_config(vq)
     fingerprint = vq_fingerprint(vq)
     by_folder: dict[Path, list[str]] = {}
+    remote = [u for u in urls if is_remote(u)]
     for url in urls:
         if not is_remote(url):
             by_folder.setdefault(Path(url).parent, []).append(Path(url).name)
+    if remote:
+        log.warning(
+            "%d remote code shards (e.g. %s) cannot be checked against %s", len(remote), remote[0], vq
+        )
     for folder, names in by_folder.items():
         info = read_codes_info(folder)
         path = folder / CODES_INFO
         fix = f"re-encode them: tokenizers/encode_shards.py --vq {vq} --shards IMAGE_SHARDS --out {folder} --overwrite"
-        theirs = info.get("codebook_size")
-        if theirs is not None and theirs != config.codebook_size:
-            raise ValueError(
-                f"{path} says the shards were encoded with {theirs} codes but the VQ folder {vq} has "
-                f"{config.codebook_size}; {fix}"
-            )
-        recorded = {n: info.get("shards", {}).get(n, {}).get("vq_fingerprint") for n in names}
-        other = sorted(n for n, f in recorded.items() if f is not None and f != fingerprint)
+        entries = {n: info["shards"].get(n) or {} for n in names}
+        for name, entry in entries.items():
+            theirs = entry.get("codebook_size", info.get("codebook_size"))  # older folders: one size
+            if theirs is not None and theirs != config.codebook_size:
+                raise ValueError(
+                    f"{path} says {name} was encoded with {theirs} codes but the VQ folder {vq} has "
+                    f"{config.codebook_size}; {fix}"
+                )
+        other = sorted(n for n, e in entries.items() if e.get("vq_fingerprint") not in (None, fingerprint))
         if other:
             raise ValueError(
                 f"{len(other)} of the {len(names)} code shards in {folder} were encoded by another VQ than "
                 f"{vq} (its weights' fingerprint differs; {path}): {other[:3]}; codes of two tokenizers "
                 f"must not be mixed; {fix}, or point data.vq at the VQ that encoded them"
             )
-        unknown = sorted(n for n, f in recorded.items() if f is None)
+        unknown = sorted(n for n, e in entries.items() if e.get("vq_fingerprint") is None)
         if unknown:
             log.warning(
                 "%d code shards in %s have no VQ fingerprint in %s (e.g. %s): cannot check that %s encoded "
@@ -173,3 +185,19 @@ def check_code_shards(urls: list[str], vq: str | Path) -> None:
                 unknown[0],
                 vq,
             )
+
+
+def is_code_shard(path: str | Path) -> bool:
+    """Whether a tar's first sample holds codes (`KEY.codes.npy`): a shard this module wrote."""
+    import tarfile
+
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.name.endswith(".codes.npy"):
+                    return True
+                if not member.name.endswith((".txt", ".json")):
+                    return False
+    except (OSError, tarfile.TarError):
+        return False
+    return False

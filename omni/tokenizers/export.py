@@ -11,11 +11,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from omni.atomic import save_tensors_atomically
-from omni.release import writing_folder
+from omni.release import save_tensors, writing_folder
 from omni.tokenizers.vqgan import VQConfig, VQModel
 
 FORMAT = "omni-vq"
@@ -38,13 +37,14 @@ def save_vq(model: VQModel, folder: str | Path, extra: dict | None = None, run: 
     }
     facts = {k: v for k, v in (extra or {}).items() if k == "trained_steps"}
     with writing_folder(folder, "vq", run=run, facts=facts, what="VQ folder") as tmp:
-        save_tensors_atomically(tmp / "model.safetensors", state)
+        save_tensors(tmp / "model.safetensors", state)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return Path(folder)
 
 
 def vq_fingerprint(folder: str | Path) -> str:
-    """`sha256:<hex>` of the folder's model.safetensors: which weights made a set of codes.
+    """`sha256:<hex>` over the VQ's tensors (names, dtypes, shapes, bytes): which weights made a
+    set of codes, whatever the file's header holds.
 
     Code shards record it (omni.tokenizers.codes); training refuses shards whose fingerprint is
     not that of its VQ folder, since codes of two tokenizers mean different things.
@@ -53,9 +53,14 @@ def vq_fingerprint(folder: str | Path) -> str:
     if not weights.is_file():
         raise VQFolderError(f"{weights} not found; re-export the tokenizer")
     digest = hashlib.sha256()
-    with open(weights, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            for name in sorted(fh.keys()):
+                tensor = fh.get_tensor(name).contiguous().reshape(-1)  # 1-d: any dtype views as bytes
+                digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+                digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    except (SafetensorError, OSError) as e:
+        raise VQFolderError(f"{weights} is unreadable or truncated ({e}); re-export or re-copy it") from e
     return f"sha256:{digest.hexdigest()}"
 
 
