@@ -310,3 +310,186 @@ def test_an_empty_prompt_generates_unconditionally(release, tmp_path, capsys):
     # Documented behaviour (Pipeline.generate_images): "" is the unconditional prompt of guidance.
     code, _ = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "")
     assert code == 0 and Image.open(tmp_path / "o" / "0000.png").size == (32, 32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Never destroy what a user has: outputs only ever replace folders Omni wrote for the same run
+
+
+def own_folders(cmd, out) -> list[str]:
+    """`cmd` with its own checkpoint and log folders under `out` (so only the export folder is at stake)."""
+    return [
+        *cmd,
+        f"--trainer.default_root_dir={out}",
+        f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.callbacks.init_args.dirpath={out}/checkpoints",
+    ]
+
+
+def test_an_export_folder_that_omni_did_not_write_is_never_replaced(trained, model_assets, tmp_path):
+    cmd, run, _ = trained
+    documents = tmp_path / "Documents"
+    documents.mkdir()
+    (documents / "thesis.txt").write_text("years of work")
+    (tmp_path / "fresh" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "fresh" / "checkpoints" / "notes.txt").write_text("mine")
+    before = {p: digest(p) for p in (documents, model_assets.vq, run)}
+    base = own_folders(cmd, tmp_path / "fresh")
+    cases = [
+        (documents, "was not written by Omni"),
+        (tmp_path / "fresh" / "checkpoints", "is or contains the checkpoint folder"),
+        (model_assets.vq, "is or contains data.vq"),
+        (model_assets.root, "is or contains data.vq"),  # a folder that holds the VQ
+    ]
+    for export, phrase in cases:
+        res = subprocess.run(
+            [*base, f"--model.export_dir={export}"], cwd=REPO, capture_output=True, text=True
+        )
+        clean_error(res, phrase, str(export))
+    assert {p: digest(p) for p in before} == before
+
+
+def test_a_new_run_never_takes_over_a_trained_release(trained, tmp_path):
+    cmd, run, _ = trained
+    before = digest(run)
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)  # the same command, no --ckpt_path
+    clean_error(again, "already holds last.ckpt", "--ckpt_path last")
+    other = subprocess.run(own_folders(cmd, tmp_path / "other"), cwd=REPO, capture_output=True, text=True)
+    clean_error(other, "holds the release of another run (10 steps)", str(run / "model"))
+    after = digest(run)  # (Lightning's config saver may have opened a new logs/version_N: harmless)
+    assert {k: after.get(k) for k in before} == before and not list((tmp_path / "other").rglob("*.ckpt"))
+
+
+def test_encoding_into_the_input_folder_or_from_two_folders_of_one_name(model_assets, shapes_dir, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(shapes_dir, images)
+    (tmp_path / "b").mkdir()
+    shutil.copy(shapes_dir / "val-000000.tar", tmp_path / "b" / "val-000000.tar")
+    before = digest(images)
+
+    def encode(shards, out, *extra):
+        return subprocess.run(
+            [sys.executable, "tokenizers/encode_shards.py", "--vq", str(model_assets.vq)]
+            + ["--shards", shards, "--out", str(out), *extra],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+
+    for extra in ([], ["--overwrite"]):
+        clean_error(encode(f"{images}/*.tar", images, *extra), "holds the input shards", str(images))
+    clean_error(
+        encode(f"{images}/val-*.tar::{tmp_path}/b/*.tar", tmp_path / "codes"),
+        "2 input shards share the name val-000000.tar",
+    )
+    clean_error(encode(f"{images}/*.tar", images / "info.json"), "is a file")
+    assert digest(images) == before and not (tmp_path / "codes").exists()
+
+
+def test_two_encoding_runs_into_one_folder(model_assets, shapes_dir, tmp_path):
+    """The second run stops at once with a clear line; the first keeps its folder to itself."""
+    from filelock import FileLock
+
+    out = tmp_path / "codes"
+    out.mkdir()
+    with FileLock(str(out / ".encode_shards.lock")):  # as a running encode_shards.py holds it
+        res = subprocess.run(
+            [sys.executable, "tokenizers/encode_shards.py", "--vq", str(model_assets.vq)]
+            + ["--shards", f"{shapes_dir}/val-*.tar", "--out", str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+    clean_error(res, "another encode_shards.py is writing into", str(out))
+    assert not list(out.glob("*.tar"))
+    import inspect
+
+    from omni.tokenizers.codes import encode_shard  # and temporary names are per process
+
+    assert "os.getpid()" in inspect.getsource(encode_shard)
+
+
+def test_ctrl_c_during_a_release_swap_finishes_the_swap_first(model_assets, monkeypatch, tmp_path):
+    """An interrupt between the two renames used to leave no release (or half of the old one)."""
+    import os
+    import signal
+
+    import omni.release
+    from omni.checkpoint import load_model, save_pretrained
+    from omni.model import ModelConfig, Transformer
+    from omni.tokenizers.text import TextTokenizer
+    from omni.vocab import Vocab
+
+    vocab = Vocab.build(TextTokenizer.from_file(model_assets.tokenizer), codebook_size=64)
+    model = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size))
+    args = (model.config, vocab, model_assets.tokenizer, model_assets.vq)
+    folder = save_pretrained(tmp_path / "model", model.state_dict(), *args, run="r1")
+    real_rename = os.rename
+
+    def rename_then_interrupt(src, dst):
+        real_rename(src, dst)
+        if str(dst).endswith(".model.old"):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right after the old release moved away
+
+    monkeypatch.setattr(omni.release.os, "rename", rename_then_interrupt)
+    newer = {k: v + 1 for k, v in model.state_dict().items()}
+    with pytest.raises(KeyboardInterrupt):
+        save_pretrained(folder, newer, *args, run="r1")
+    monkeypatch.undo()
+    assert not (tmp_path / ".model.old").exists()
+    loaded = load_model(folder).state_dict()
+    assert all(torch_equal(loaded[k], newer[k]) for k in newer)  # the whole new release, nothing half
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_a_release_is_never_ahead_of_its_checkpoint(model_assets, monkeypatch, tmp_path):
+    """Exported after the step's checkpoint is on disk: a kill between the two cannot leave the
+    release one step ahead of last.ckpt."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    import omni.lit
+    from omni.lit import OmniDataModule, OmniLitModule
+    from omni.model import ModelConfig
+
+    data = OmniDataModule(
+        train_shards=str(model_assets.codes / "train-*.tar"),
+        tokenizer=str(model_assets.tokenizer),
+        vq=str(model_assets.vq),
+        seq_len=128,
+        batch_size=2,
+        batches_per_epoch=100,
+    )
+    lit = OmniLitModule(
+        ModelConfig.from_name("tiny", max_seq_len=128),
+        vocab=data.vocab,
+        tokenizer=str(model_assets.tokenizer),
+        vq=str(model_assets.vq),
+        export_dir=str(tmp_path / "model"),
+    )
+    checkpoints = tmp_path / "checkpoints"
+    seen = []
+    real_save = omni.lit.save_pretrained
+
+    def checking_save(folder, *args, extra=None, **kwargs):
+        step = extra["trained_steps"]
+        seen.append((step, (checkpoints / f"epoch=0-step={step}.ckpt").is_file()))
+        return real_save(folder, *args, extra=extra, **kwargs)
+
+    monkeypatch.setattr(omni.lit, "save_pretrained", checking_save)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=5,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=checkpoints, every_n_train_steps=2, save_top_k=-1)],
+    )
+    trainer.fit(lit, data)
+    assert seen[:2] == [(2, True), (4, True)]  # each export found its step's checkpoint written
+    assert seen[-1][0] == 5  # and the end of training exports the final weights
