@@ -172,6 +172,16 @@ def _weight_files(folder: Path) -> dict[str, Path]:
             raise ModelFolderError(
                 f"{index} is not a valid safetensors index ({e}); re-export the model"
             ) from e
+        if not isinstance(weight_map, dict):
+            raise ModelFolderError(f"{index} has no weight_map object; re-export the model")
+        for f in set(weight_map.values()):
+            # A bare file name inside the folder: "../x" or "/x" would read any file on the machine
+            # (and the errors would tell which exist), so refuse before looking at the path.
+            if not isinstance(f, str) or not f or f in (".", "..") or Path(f).name != f or "\\" in f:
+                raise ModelFolderError(
+                    f"{index} lists the weight file {f!r}, which is not a file name inside {folder}; "
+                    f"a release only reads its own files: re-export the model"
+                )
         files = {name: folder / f for name, f in weight_map.items()}
         for f in sorted(set(files.values())):
             if not f.is_file():

@@ -488,3 +488,36 @@ def test_a_release_is_never_ahead_of_its_checkpoint(model_assets, monkeypatch, t
     trainer.fit(lit, data)
     assert seen[:2] == [(2, True), (4, True)]  # each export found its step's checkpoint written
     assert seen[-1][0] == 5  # and the end of training exports the final weights
+
+
+@pytest.mark.parametrize("entry", ["../outside.safetensors", "/tmp/outside.safetensors", "sub/x.safetensors"])
+def test_an_index_naming_files_outside_the_release(model_assets, tmp_path, entry):
+    """A downloaded release must not read (or reveal) other files on the machine."""
+    import torch
+
+    from omni.checkpoint import INDEX, ModelFolderError, load_model, save_pretrained
+    from omni.model import ModelConfig, Transformer
+    from omni.tokenizers.text import TextTokenizer
+    from omni.vocab import Vocab
+
+    vocab = Vocab.build(TextTokenizer.from_file(model_assets.tokenizer), codebook_size=64)
+    model = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size))
+    folder = save_pretrained(
+        tmp_path / "model",
+        model.state_dict(),
+        model.config,
+        vocab,
+        model_assets.tokenizer,
+        model_assets.vq,
+        max_shard_bytes=100_000,
+    )
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "outside.safetensors"))  # it exists: still refused
+    index = json.loads((folder / INDEX).read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = entry
+    (folder / INDEX).write_text(json.dumps(index))
+    with pytest.raises(ModelFolderError, match="not a file name inside") as e:
+        load_model(folder)
+    assert "not found" not in str(e.value) and "unreadable" not in str(e.value)
