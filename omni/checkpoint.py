@@ -16,6 +16,7 @@ the meta device and loads the weights strictly; nothing is unpickled, and a bad 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -25,6 +26,8 @@ from safetensors import SafetensorError, safe_open
 
 from omni.model import ModelConfig, Transformer
 from omni.release import save_tensors, writing_folder
+from omni.tokenizers.export import vq_fingerprint
+from omni.tokenizers.vqgan import VQConfig
 from omni.vocab import Vocab, VocabError
 
 FORMAT = "omni-model"  # config.json's "format" (the weights' safetensors metadata is HF's "pt")
@@ -98,10 +101,49 @@ def save_pretrained(
             "model": config.to_dict(),
             "vocab": vocab.to_dict(),
             "generation": generation or {},
+            # Which tokenizer and VQ the weights were trained with: loading refuses other ones
+            # of the same sizes, which would load silently and mean other words and pictures.
+            "assets": {"tokenizer": file_fingerprint(tokenizer), "vq": vq_fingerprint(vq)},
             **(extra or {}),
         }
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """`sha256:<hex>` of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def check_release_parts(folder: str | Path, meta: dict, vq_config: VQConfig) -> None:
+    """The release's tokenizer.json and vq/ are the ones its weights were trained with, and the
+    VQ's grid and patch size fit the model's image fields; a ModelFolderError naming both if not."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    assets = meta.get("assets") or {}
+    found = {
+        "tokenizer": (folder / "tokenizer.json", lambda: file_fingerprint(folder / "tokenizer.json")),
+        "vq": (folder / "vq", lambda: vq_fingerprint(folder / "vq")),
+    }
+    for name, (path, fingerprint) in found.items():
+        if name in assets and (held := fingerprint()) != assets[name]:
+            raise ModelFolderError(
+                f"{path} is not the {name} the model was trained with ({config_path} records "
+                f"{str(assets[name])[:19]}..., the folder holds {held[:19]}...); re-copy the whole release"
+            )
+    config: ModelConfig = meta["model"]
+    side, patch = vq_config.resolution // vq_config.downsample, vq_config.downsample
+    wanted = {"image_positions": side * side, "image_features": 3 * patch * patch}
+    for field, value in wanted.items():
+        if getattr(config, field) not in (0, value):
+            raise ModelFolderError(
+                f"{config_path}: model.{field} {getattr(config, field)} disagrees with {folder / 'vq'} "
+                f"({side}x{side} codes of {patch}x{patch} px need {value}); the model was trained with another VQ"
+            )
 
 
 def read_config(folder: str | Path) -> dict:

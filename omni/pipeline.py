@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from omni.checkpoint import ModelFolderError, load_model, read_config
+from omni.checkpoint import ModelFolderError, check_release_parts, load_model, read_config
 from omni.data.images import load_rgb, to_pil, to_tensor
 from omni.generate import (
     GENERATION_DEFAULTS,
@@ -354,11 +354,6 @@ def load_pretrained(
         )
     except (ValueError, VQFolderError, VocabError) as e:
         raise ModelFolderError(str(e)) from e
-    side = vq.config.resolution // vq.config.downsample
-    if meta["model"].image_positions not in (0, side * side):
-        raise ModelFolderError(
-            f"{folder / 'config.json'}: model.image_positions {meta['model'].image_positions} disagrees with "
-            f"the {side}x{side} code grid of {folder / 'vq'}; the model was trained with another VQ"
-        )
+    check_release_parts(folder, meta, vq.config)
     model = load_model(folder, device=device, dtype=dtype)
     return OmniPipeline(model, vocab, tokenizer, vq, dict(meta["generation"]), folder)

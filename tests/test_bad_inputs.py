@@ -521,3 +521,46 @@ def test_an_index_naming_files_outside_the_release(model_assets, tmp_path, entry
     with pytest.raises(ModelFolderError, match="not a file name inside") as e:
         load_model(folder)
     assert "not found" not in str(e.value) and "unreadable" not in str(e.value)
+
+
+def test_a_release_whose_tokenizer_is_another_of_the_same_size(release, tmp_path, capsys):
+    path = release / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    vocab = spec["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[-2:]  # two merged tokens swap ids: same size, other meaning
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    path.write_text(json.dumps(spec))
+    code, err = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "a red circle")
+    assert code == 2 and f"{path} is not the tokenizer the model was trained with" in err
+
+
+def test_a_release_whose_vq_has_the_same_config_but_other_weights(release, tmp_path, capsys):
+    import torch
+
+    from omni.tokenizers import load_vq, save_vq
+
+    vq = load_vq(release / "vq")
+    with torch.no_grad():
+        vq.quantizer.codebook.add_(0.1)
+    shutil.rmtree(release / "vq")
+    save_vq(vq, release / "vq")
+    code, err = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "a red circle")
+    assert code == 2 and f"{release / 'vq'} is not the vq the model was trained with" in err
+
+
+def test_a_release_whose_vq_has_the_same_grid_at_another_resolution(release, tmp_path, capsys):
+    """A 64 px VQ with 8 px patches has the 8x8 grid too, but codes of 192 RGB values, not 48."""
+    from omni.tokenizers import VQConfig, VQModel, load_vq, save_vq
+
+    old = load_vq(release / "vq").config
+    shutil.rmtree(release / "vq")
+    save_vq(
+        VQModel(VQConfig.from_name("shapes-32", resolution=64, downsample=8, channels=16, codebook_size=64)),
+        release / "vq",
+    )
+    config = json.loads((release / "config.json").read_text())
+    del config["assets"]  # as a release written before fingerprints were recorded
+    (release / "config.json").write_text(json.dumps(config))
+    assert old.grid == load_vq(release / "vq").config.grid
+    code, err = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "a red circle")
+    assert code == 2 and "model.image_features 48 disagrees" in err and "need 192" in err
