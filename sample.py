@@ -8,7 +8,9 @@ and inpainting.
     python sample.py inpaint --model runs/shapes/model img.png --box 0 0 16 32 --prompt "a cyan square on the left"
 
 Each command writes into --out (default samples/<command>/): the images as numbered PNGs, a
-grid.png of them, and results.json with the prompts, the settings and the outputs. Everything is
+grid.png of them, and results.json with the prompts, the settings and the outputs. The folder is
+written whole: it replaces an earlier sample.py output, and any other non-empty folder is
+refused. Everything is
 seeded: the same command gives the same files. Sampling settings left unset come from the model
 folder's config.json (its `generation` section).
 """
@@ -22,24 +24,27 @@ import sys
 import time
 from pathlib import Path
 
+from omni.checks import check_number
 from omni.data.images import image_grid
 
 
-def _positive(kind):
+def _number(kind, **rule):
+    """An argparse type: `kind(text)` checked by omni.checks.check_number (finite, in range)."""
+
     def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
+        try:
+            return check_number("the value", kind(text), integer=kind is int, **rule)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("the value ")) from e
 
     return parse
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+def _positive(kind):
+    return _number(kind, above=0)
+
+
+_non_negative_float = _number(float, at_least=0.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     common.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     common.add_argument(
-        "--scale", type=_positive(int), default=4, help="upscaling of each tile in grid.png (default 4)"
+        "--scale",
+        type=_number(int, at_least=1, at_most=32),
+        default=4,
+        help="upscaling of each tile in grid.png, 1 to 32 (default 4)",
     )
     images = argparse.ArgumentParser(add_help=False)
     images.add_argument(
@@ -135,18 +143,32 @@ def _prompts(args) -> list[str]:
 
 
 def _check_files(paths) -> None:
+    folders = [p for p in paths if Path(p).is_dir()]
+    if folders:
+        raise SystemExit(f"error: {', '.join(folders)}: a folder, not an image file; give the image files")
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise SystemExit(f"error: image file(s) not found: {', '.join(missing)}")
 
 
 def run(args) -> dict:
-    """Run one command; returns what results.json holds."""
-    from omni import load_pretrained
+    """Run one command; returns what results.json holds.
 
-    pipe = load_pretrained(args.model, device=args.device)
+    --out is written whole: a previous sample.py output there is replaced, any other non-empty
+    folder is refused (omni.release).
+    """
+    from omni import load_pretrained
+    from omni.release import check_replaceable, writing_folder
+
     out = Path(args.out or f"samples/{args.command}")
-    out.mkdir(parents=True, exist_ok=True)
+    check_replaceable(out, "samples", what="--out")  # before the model loads: refuse early
+    pipe = load_pretrained(args.model, device=args.device)
+    with writing_folder(out, "samples", what="--out") as tmp:  # a run's outputs appear whole
+        return _run(args, pipe, out, tmp)
+
+
+def _run(args, pipe, out: Path, tmp: Path) -> dict:
+    """The command's outputs, written into `tmp` (which then replaces `out`)."""
     settings = {k: v for k, v in vars(args).items() if k not in ("command", "prompts", "images", "out")}
     record = {
         "command": args.command,
@@ -170,7 +192,7 @@ def run(args) -> dict:
         )
         for i, (prompt, image) in enumerate(zip(prompts, images)):
             name = f"{i:04d}.png"
-            image.save(out / name)
+            image.save(tmp / name)
             record["items"].append({"prompt": prompt, "image": name})
         grid_images = images
     elif args.command in ("caption", "vqa"):
@@ -202,7 +224,7 @@ def run(args) -> dict:
         _check_files([args.image] + ([args.mask] if args.mask else []))
         region = tuple(args.box) if args.box else pipe.read_mask(args.mask)
         source = pipe.preview(args.image)
-        source.save(out / "source.png")
+        source.save(tmp / "source.png")
         grid_images = [source]
         for v in range(args.variants):
             image = pipe.inpaint(
@@ -215,15 +237,15 @@ def run(args) -> dict:
                 seed=args.seed + v,
             )
             name = f"{v:04d}.png"
-            image.save(out / name)
+            image.save(tmp / name)
             record["items"].append({"prompt": args.prompt, "seed": args.seed + v, "image": name})
             grid_images.append(image)
 
     record["seconds"] = round(time.perf_counter() - start, 3)
     if grid_images:
-        image_grid(grid_images, columns=8, scale=args.scale).save(out / "grid.png")
+        image_grid(grid_images, columns=8, scale=args.scale).save(tmp / "grid.png")
         record["grid"] = "grid.png"
-    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    (tmp / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from omni.generate import check_generation
 from omni.model import ModelConfig, Transformer
 from omni.release import save_tensors, writing_folder
 from omni.tokenizers.export import vq_fingerprint
@@ -162,13 +163,26 @@ def read_config(folder: str | Path) -> dict:
         raise ModelFolderError(f"{path} not found: is {folder} an Omni model folder (written by train.py)?")
     try:
         raw = json.loads(path.read_text())
-    except ValueError as e:
-        raise ModelFolderError(f"{path} is not valid JSON ({e}); re-export the model") from e
+    except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+        raise ModelFolderError(f"{path} is not valid JSON ({str(e)[:200]}); re-export the model") from e
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ModelFolderError(f'{path} is not an {FORMAT} config (expected "format": "{FORMAT}")')
+    version = raw.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise ModelFolderError(
+            f"{path}: format_version {version!r} is not one this Omni reads (1 to {FORMAT_VERSION}); "
+            f"a newer Omni wrote it: upgrade omni-multimodal"
+        )
     for key in ("model", "vocab"):
         if not isinstance(raw.get(key), dict):
             raise ModelFolderError(f"{path} lacks the {key!r} section; re-export the model")
+    generation = raw.get("generation", {})
+    try:
+        if not isinstance(generation, dict):
+            raise ValueError(f"generation must be an object, got {generation!r}")
+        check_generation(generation)
+    except ValueError as e:
+        raise ModelFolderError(f"{path}: {e}; fix the value or remove it (the default is used)") from e
     for name, value in raw["model"].items():
         default = getattr(ModelConfig, name, None)  # unknown keys are reported by from_dict below
         if (
@@ -277,6 +291,17 @@ def load_model(
             f"the weights in {folder} do not match {folder / 'config.json'}: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}, wrong shapes {bad_shapes[:5]}; the files come from different models, re-export"
         )
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise ModelFolderError(
+                f"the weights in {folder}: {name} is {tensor.dtype}, not a floating-point tensor; the files "
+                f"were not written by Omni or were converted wrongly: re-export the model"
+            )
+        if not torch.isfinite(tensor).all():
+            raise ModelFolderError(
+                f"the weights in {folder}: {name} holds NaN or inf values; the model is damaged (a run that "
+                f"diverged, or a broken copy): re-export it from a good checkpoint"
+            )
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)

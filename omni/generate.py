@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from omni.attention import Segment, build_visibility
+from omni.checks import check_number
 from omni.model import KVCache, Transformer
 from omni.vocab import Vocab
 
@@ -33,6 +34,24 @@ GENERATION_DEFAULTS = {
     "top_k": 0,
     "max_new_tokens": 48,  # text decoding
 }
+# What each of them may be (omni.checks.check_number): NaN, inf or a negative guidance would
+# otherwise fail deep inside torch.
+GENERATION_RULES = {
+    "mask_steps": dict(at_least=1, integer=True),
+    "guidance_scale": dict(at_least=0.0),
+    "temperature": dict(at_least=0.0),
+    "text_temperature": dict(at_least=0.0),
+    "top_k": dict(at_least=0, integer=True),
+    "max_new_tokens": dict(at_least=1, integer=True),
+}
+
+
+def check_generation(options: dict, where: str = "generation") -> dict:
+    """The sampling options checked against GENERATION_RULES (other keys pass); ValueError naming one."""
+    for name, rule in GENERATION_RULES.items():
+        if name in options:
+            check_number(f"{where}.{name}", options[name], **rule)
+    return options
 
 
 @dataclass

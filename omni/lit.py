@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Timer
 
 from omni.attention import Visibility
 from omni.checkpoint import save_pretrained
+from omni.checks import check_number, check_numbers
 from omni.data.shards import expand_shards
 from omni.data.tasks import TASKS, TaskBuilder, task_loader
 from omni.generate import GENERATION_DEFAULTS
@@ -136,8 +137,23 @@ class OmniLitModule(L.LightningModule):
         unknown = sorted(set(self.task_weights) - set(TASKS))
         if unknown:
             raise ValueError(f"task_weights has unknown tasks {unknown}; tasks are {TASKS}")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        h = self.hparams
+        check_numbers(
+            "model",
+            dict(h),
+            {
+                "lr": dict(above=0.0),
+                "min_lr_ratio": dict(at_least=0.0, at_most=1.0),
+                "warmup_steps": dict(at_least=0, integer=True),
+                "decay_steps": dict(at_least=0, integer=True),
+                "weight_decay": dict(at_least=0.0),
+                "ema_decay": dict(at_least=0.0, below=1.0),
+            },
+        )
+        for i, beta in enumerate(betas):
+            check_number(f"model.betas[{i}]", beta, at_least=0.0, below=1.0)
+        for name, weight in self.task_weights.items():
+            check_number(f"model.task_weights.{name}", weight, at_least=0.0)
         self.model = Transformer(config)
         if appearance is not None:
             self.model.code_features.copy_(appearance)
@@ -346,6 +362,20 @@ class OmniLitModule(L.LightningModule):
                 f"({ours.text_size} text ids, {ours.codebook_size} codes); resume with the tokenizer.json "
                 f"and VQ folder the run started with"
             )
+        ours = self.state_dict()
+        theirs_state = checkpoint.get("state_dict", {})
+        differ = [
+            f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}"
+            for k, v in theirs_state.items()
+            if k in ours and hasattr(v, "shape") and v.shape != ours[k].shape
+        ]
+        missing = sorted(set(ours) - set(theirs_state))
+        if differ or missing:
+            raise ValueError(
+                f"the checkpoint holds another architecture than model.transformer gives now "
+                f"({(differ or missing)[:2]}); resume with the config the run was started with "
+                f"(its config.yaml beside the logs), or start a new run"
+            )
         self.outputs.load(checkpoint)
 
     def on_train_end(self) -> None:
@@ -395,8 +425,20 @@ class OmniDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        if not 0.0 <= caption_dropout <= 1.0:
-            raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
+        check_numbers(
+            "data",
+            dict(self.hparams),
+            {
+                "seq_len": dict(at_least=8, integer=True),
+                "batch_size": dict(at_least=1, integer=True),
+                "batches_per_epoch": dict(at_least=1, integer=True),
+                "val_batches": dict(at_least=0, integer=True),
+                "caption_dropout": dict(at_least=0.0, at_most=1.0),
+                "num_workers": dict(at_least=0, integer=True),
+                "shuffle_buffer": dict(at_least=0, integer=True),
+                "max_caption_chars": dict(at_least=1, integer=True),
+            },
+        )
         # Fails now, not after validation: a pattern that matches nothing, or shards that another
         # VQ encoded (codes of two tokenizers mean different things). One check: one VQ hash.
         check_code_shards([u for p in (train_shards, val_shards) if p for u in expand_shards(p)], vq)

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from omni.attention import BACKENDS, OmniMask, Visibility, resolve_backend
+from omni.checks import check_number
 
 IGNORE = -100  # target value of positions without a loss
 GENERATION_MODES = ("mask", "ar")
@@ -86,11 +87,34 @@ class ModelConfig:
         # Fields keep 0 for "derived" (kv_heads, ffn_dim), so a config written from defaults
         # still derives them after dim or n_heads change.
         problems = []
+        numbers = {
+            "vocab_size": dict(at_least=0, integer=True),
+            "dim": dict(at_least=1, integer=True),
+            "n_layers": dict(at_least=1, integer=True),
+            "n_heads": dict(at_least=1, integer=True),
+            "n_kv_heads": dict(at_least=0, integer=True),
+            "hidden_dim": dict(at_least=0, integer=True),
+            "max_seq_len": dict(at_least=1, integer=True),
+            "rope_base": dict(above=1.0),
+            "norm_eps": dict(above=0.0, below=1.0),
+            "z_loss": dict(at_least=0.0),
+            "init_std": dict(above=0.0),
+            "image_positions": dict(at_least=-1, integer=True),
+            "image_codes": dict(at_least=0, integer=True),
+            "image_features": dict(at_least=-1, integer=True),
+        }
+        for name, rule in numbers.items():
+            try:
+                check_number(name, getattr(self, name), **rule)
+            except ValueError as e:
+                problems.append(str(e))
+        if problems:  # the structural checks below divide by these
+            raise ValueError("bad model config: " + "; ".join(problems))
         if self.dim % self.n_heads:
             problems.append(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         elif (self.dim // self.n_heads) % 2:
             problems.append(f"head size {self.dim // self.n_heads} must be even for rotary positions")
-        if self.n_kv_heads < 0 or self.n_heads % self.kv_heads:
+        if self.n_heads % self.kv_heads:
             problems.append(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
         if self.image_generation not in GENERATION_MODES:
             problems.append(
@@ -98,13 +122,6 @@ class ModelConfig:
             )
         if self.attention not in BACKENDS:
             problems.append(f"attention must be one of {BACKENDS}, got {self.attention!r}")
-        if self.image_positions < -1 or self.image_features < -1 or self.image_codes < 0:
-            problems.append(
-                "image_positions and image_features must be >= 0, or -1 (take it from the VQ when "
-                "training starts); image_codes >= 0"
-            )
-        if min(self.vocab_size, self.n_layers - 1, self.max_seq_len - 1) < 0:
-            problems.append("vocab_size >= 0, n_layers >= 1 and max_seq_len >= 1 are required")
         if problems:
             raise ValueError("bad model config: " + "; ".join(problems))
 

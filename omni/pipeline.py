@@ -25,9 +25,11 @@ import torch
 from PIL import Image
 
 from omni.checkpoint import ModelFolderError, check_release_parts, load_model, read_config
+from omni.checks import check_number
 from omni.data.images import load_rgb, to_pil, to_tensor
 from omni.generate import (
     GENERATION_DEFAULTS,
+    GENERATION_RULES,
     Prompt,
     decode_text,
     generate_images_ar,
@@ -65,7 +67,10 @@ class OmniPipeline:
         return side * side
 
     def _option(self, name: str, value):
-        return self.generation.get(name, GENERATION_DEFAULTS[name]) if value is None else value
+        """A sampling option: the call's value, else the folder's default, checked either way."""
+        if value is None:
+            return self.generation.get(name, GENERATION_DEFAULTS[name])  # checked when the folder was read
+        return check_number(name.replace("_scale", ""), value, **GENERATION_RULES[name])
 
     # ------------------------------------------------------------------------------------------
     # Inputs
@@ -336,11 +341,27 @@ class OmniPipeline:
         return torch.from_numpy(mask.reshape(side, f, side, f).any(axis=(1, 3)))
 
 
+def usable_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device that exists here; else a ValueError saying what to give instead."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}; give cpu, cuda, cuda:N or mps") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: no CUDA device is usable here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device}: MPS is not available here; use --device cpu")
+    return device
+
+
 def load_pretrained(
     folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> OmniPipeline:
     """Load a model folder written by `train.py` (see omni.checkpoint for its layout)."""
     folder = Path(folder)
+    device = usable_device(device)
     meta = read_config(folder)
     vocab: Vocab = meta["vocab"]
     tokenizer_path = folder / "tokenizer.json"

@@ -124,8 +124,13 @@ class Vocab:
         unknown = sorted(set(data) - known)
         if unknown:
             raise VocabError(f"unknown vocabulary keys {unknown}; known keys are {sorted(known)}")
+        specials = data.get("special_ids", {})
+        if not isinstance(specials, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in specials.values()
+        ):
+            raise VocabError(f"vocab.special_ids must map token names to integer ids, got {specials!r}"[:300])
         try:
-            return cls(**{**data, "special_ids": {k: int(v) for k, v in data.get("special_ids", {}).items()}})
+            return cls(**data)
         except TypeError as e:
             raise VocabError(f"bad vocabulary layout: {e}") from e
 

@@ -23,8 +23,13 @@ def load_rgb(
     if isinstance(source, Image.Image):
         img = source
     else:
-        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        img.load()
+        if isinstance(source, (str, Path)) and Path(source).is_dir():
+            raise ValueError(f"{source} is a folder, not an image file")
+        try:
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            img.load()
+        except Image.DecompressionBombError as e:  # not an OSError: it would escape as a traceback
+            raise ValueError(f"image too large to decode safely ({e})") from e
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         arr = np.asarray(img, dtype=np.float64)

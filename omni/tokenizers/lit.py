@@ -15,6 +15,7 @@ import time
 import lightning as L
 import torch
 
+from omni.checks import check_numbers
 from omni.data.loader import image_text_loader
 from omni.data.shards import expand_shards
 from omni.release import RunOutputs
@@ -77,6 +78,22 @@ class VQLitModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_numbers(
+            "model",
+            dict(self.hparams),
+            {
+                "lr": dict(above=0.0),
+                "warmup_steps": dict(at_least=0, integer=True),
+                "weight_decay": dict(at_least=0.0),
+                "l1_weight": dict(at_least=0.0),
+                "l2_weight": dict(at_least=0.0),
+                "perceptual_weight": dict(at_least=0.0),
+                "disc_weight": dict(at_least=0.0),
+                "disc_channels": dict(at_least=1, integer=True),
+                "disc_layers": dict(at_least=1, integer=True),
+                "grad_clip": dict(at_least=0.0),
+            },
+        )
         self.automatic_optimization = False
         self.vq = VQModel(vq or VQConfig())
         self.perceptual = make_perceptual(perceptual, perceptual_weights)
@@ -254,6 +271,17 @@ class ImageDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_numbers(
+            "data",
+            dict(self.hparams),
+            {
+                "resolution": dict(at_least=8, integer=True),
+                "batch_size": dict(at_least=1, integer=True),
+                "num_workers": dict(at_least=0, integer=True),
+                "batches_per_epoch": dict(at_least=1, integer=True),
+                "val_batches": dict(at_least=0, integer=True),
+            },
+        )
         for pattern in (train_shards, val_shards):
             if pattern:
                 expand_shards(pattern)  # a pattern that matches nothing fails now, not after validation
