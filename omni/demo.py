@@ -47,6 +47,14 @@ STAGES: list[tuple[str, list[str]]] = [
                   *(f"demo/t2i/{i:04d}.png" for i in range(0, 32, 2))]),
 ]  # fmt: skip
 STAGE_NAMES = [name for name, _ in STAGES]
+# What a stage writes and the demo removes before redoing it: the trainers and sample.py never
+# replace a folder that another run wrote, so a redone stage starts from a clean slate.
+STAGE_OUTPUTS = {
+    "vq": ["runs/shapes/vq-train", "runs/shapes/vq"],
+    "model": ["runs/shapes/model-train", "runs/shapes/model"],
+    "samples": ["demo/t2i"],
+    "captions": ["demo/captions"],
+}
 # Benchmark keys copied into the summary, in the order the table prints them.
 SUMMARY_KEYS = (
     "t2i_accuracy", "t2i_accuracy_one", "t2i_accuracy_two",
@@ -61,6 +69,10 @@ def run_stages(names: list[str]) -> dict[str, float]:
     for name, argv in STAGES:
         if name not in names:
             continue
+        for folder in map(Path, STAGE_OUTPUTS.get(name, [])):
+            if folder.exists():
+                print(f"=== demo stage {name}: removing its previous output {folder}/", flush=True)
+                shutil.rmtree(folder)
         print(f"\n=== demo stage {name}: {' '.join(argv)}", flush=True)
         start = time.perf_counter()
         code = subprocess.call(argv)

@@ -56,3 +56,26 @@ def test_list_and_a_failing_stage(monkeypatch, capsys):
     monkeypatch.setattr(demo, "STAGES", [("broken", ["false"])])
     with pytest.raises(SystemExit, match="--from broken"):
         demo.run_stages(["broken"])
+
+
+def test_a_redone_stage_starts_from_a_clean_slate(tmp_path, monkeypatch):
+    """Trainers and sample.py refuse folders another run wrote, so the demo clears its own first."""
+    import yaml
+
+    for config in ("vq", "model"):
+        cfg = yaml.safe_load((REPO / f"configs/shapes/{config}.yaml").read_text())
+        owned = demo.STAGE_OUTPUTS[config]
+        assert cfg["model"]["export_dir"] in owned
+        assert any(cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"].startswith(f"{o}/") for o in owned)
+    for name, argv in demo.STAGES:
+        if "--out" in argv and name in ("samples", "captions"):
+            assert argv[argv.index("--out") + 1] in demo.STAGE_OUTPUTS[name]
+    monkeypatch.chdir(tmp_path)
+    for folder in demo.STAGE_OUTPUTS["model"]:
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "old.txt").write_text("previous demo run")
+    (tmp_path / "runs/shapes/vq").mkdir()  # another stage's output stays
+    monkeypatch.setattr(demo, "STAGES", [("model", ["true"])])
+    demo.run_stages(["model"])
+    assert not any((tmp_path / f).exists() for f in demo.STAGE_OUTPUTS["model"])
+    assert (tmp_path / "runs/shapes/vq").is_dir()

@@ -11,7 +11,9 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+from omni.checks import check_number
 from omni.data.shards import iterate_samples
 from omni.tokenizers.text import TextTokenizer, train_bpe
 
@@ -49,13 +51,24 @@ def main() -> int:
     parser.add_argument("--min-frequency", type=int, default=2, help="min count of a pair to merge")
     args = parser.parse_args()
     counts = {"captions": 0, "qa": 0, "lines": 0}
+    out = Path(args.out)
     try:
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder; give the path of the tokenizer.json to write")
+        check_number("--vocab-size", args.vocab_size, at_least=32, integer=True)
+        check_number("--min-frequency", args.min_frequency, at_least=1, integer=True)
         texts = shard_texts(args.shards, counts) if args.shards else file_texts(args.files, counts)
         tok = TextTokenizer(train_bpe(texts, args.vocab_size, args.min_frequency))
-    except (FileNotFoundError, ValueError) as e:
+        if not any(counts.values()):
+            source = f"the shards {args.shards!r}" if args.shards else "the files"
+            raise ValueError(
+                f"{source} hold no text (no KEY.txt captions, no KEY.json questions, no lines); "
+                f"a tokenizer trained on nothing would be useless: check the input"
+            )
+    except (FileNotFoundError, IsADirectoryError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    tok.save(args.out)
+    tok.save(out)
     read = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
     print(
         f"trained a byte-level BPE of {tok.vocab_size} tokens ({len(tok.special_ids())} special) "

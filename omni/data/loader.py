@@ -44,20 +44,36 @@ log = logging.getLogger("omni.data")
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
 WARN_FIRST = 5  # per worker and reason: warn with details for the first few, then only count
+# An endless stream in which no sample is usable would spin forever (and a DataLoader worker
+# ignores SIGTERM while it does): after this many unusable samples in a row it fails instead.
+UNUSABLE_IN_A_ROW = 1000
 
 
 class SkipCounter:
     """Counts skipped samples by reason inside one loading process; batches carry the counts out."""
 
-    def __init__(self):
+    def __init__(self, limit: int = UNUSABLE_IN_A_ROW):
         self.pending: Counter[str] = Counter()
         self.seen: Counter[str] = Counter()
+        self.limit, self.in_a_row = limit, 0
         self._last_tar_error = ("", "")
         self._checked_shards: set[str] = set()
+
+    def used(self) -> None:
+        """A sample made it into a batch: the run of unusable ones is over."""
+        self.in_a_row = 0
 
     def skip(self, reason: str, where: str, detail: str = "") -> None:
         self.pending[reason] += 1
         self.seen[reason] += 1
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            reasons = ", ".join(f"{r}: {n}" for r, n in self.seen.most_common(3))
+            raise ValueError(
+                f"the last {self.in_a_row} samples were all unusable ({reasons}; the last at {where}"
+                f"{': ' + detail if detail else ''}); no batch can be formed: fix the data or the options "
+                f"named above (data.vq for codes out of range, data.seq_len for over-long documents)"
+            )
         if self.seen[reason] <= WARN_FIRST:
             more = " (further ones of this kind are only counted)" if self.seen[reason] == WARN_FIRST else ""
             log.warning("skipped sample: %s at %s%s%s", reason, where, f": {detail}" if detail else "", more)
@@ -183,6 +199,7 @@ def _batch_stage(src: Iterator[dict], batch_size: int, skips: SkipCounter) -> It
     buf = []
     for sample in src:
         buf.append(sample)
+        skips.used()
         if len(buf) == batch_size:
             yield {**collate(buf), "skipped": skips.drain()}
             buf = []

@@ -29,13 +29,20 @@ def expand_shards(pattern: str | list[str]) -> list[str]:
     if isinstance(pattern, (list, tuple)):
         paths = [p for item in pattern for p in expand_shards(item)]
         return paths
-    paths = []
+    paths, missing = [], []
     for part in wds.shardlists.expand_urls(pattern):
         if is_remote(part):
             paths.append(part)  # remote or piped shards are opened by webdataset as they are
             continue
         matches = sorted(glob.glob(os.path.expanduser(part)))
+        if not matches and not glob.has_magic(part):
+            missing.append(part)  # a named shard (e.g. from a brace range) that is not there
         paths.extend(matches)
+    if paths and missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the shards that {pattern!r} names do not exist (first: {missing[0]}); "
+            f"restore them or change the pattern (a brace range names every shard in it)"
+        )
     if not paths:
         raise FileNotFoundError(
             f"no shards match {pattern!r}; check the path (globs like 'data/train-*.tar' and brace "

@@ -282,6 +282,7 @@ def pack_stage(
             if len(doc) > seq_len:
                 skips.skip("over-long document", sample["key"], f"{len(doc)} tokens > seq_len {seq_len}")
                 continue
+            skips.used()
             for batch in packer.add(doc):
                 yield {**batch, "skipped": skips.drain()}
     for batch in packer.flush():
