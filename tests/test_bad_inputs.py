@@ -564,3 +564,219 @@ def test_a_release_whose_vq_has_the_same_grid_at_another_resolution(release, tmp
     assert old.grid == load_vq(release / "vq").config.grid
     code, err = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "a red circle")
     assert code == 2 and "model.image_features 48 disagrees" in err and "need 192" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# Values that make no sense: one line naming the option, never a traceback or a silent result
+
+
+@pytest.mark.parametrize(
+    "change, phrase",
+    [
+        ({"n_heads": 0}, "n_heads must be >= 1"),
+        ({"rope_base": 0.0}, "rope_base must be > 1.0"),
+        ({"norm_eps": -1.0}, "norm_eps must be > 0.0"),
+    ],
+    ids=["n_heads 0", "rope_base 0", "norm_eps -1"],
+)
+def test_a_nonsensical_release_config(release, tmp_path, capsys, change, phrase):
+    path = release / "config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "model": {**config["model"], **change}}))
+    code, err = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "a red circle")
+    assert code == 2 and str(path) in err and phrase in err
+
+
+@pytest.mark.parametrize(
+    "edit, phrase",
+    [
+        (
+            lambda c: c | {"generation": {**c["generation"], "temperature": None}},
+            "generation.temperature must be",
+        ),
+        (lambda c: c | {"vocab": {**c["vocab"], "special_ids": {"pad": "abc"}}}, "special_ids must map"),
+        (lambda c: c | {"format_version": 999}, "format_version 999 is not one this Omni reads"),
+    ],
+    ids=["temperature null", "special id abc", "format_version 999"],
+)
+def test_a_release_config_with_odd_sections(release, tmp_path, capsys, edit, phrase):
+    path = release / "config.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    code, err = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "a red circle")
+    assert code == 2 and phrase in err
+
+
+def test_a_deeply_nested_release_config(release, tmp_path, capsys):
+    (release / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    code, err = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "a red circle")
+    assert code == 2 and "is not valid JSON" in err
+
+
+@pytest.mark.parametrize("damage", ["nan", "int32"])
+def test_damaged_weights(release, tmp_path, capsys, damage):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = release / "model.safetensors"
+    state = load_file(str(path))
+    name = next(k for k in state if k.endswith("norm.weight"))
+    state[name] = state[name].clone().fill_(float("nan")) if damage == "nan" else state[name].to(torch.int32)
+    save_file(state, str(path))
+    code, err = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "a red circle")
+    assert code == 2 and name in err
+    assert ("NaN or inf" in err) if damage == "nan" else ("torch.int32, not a floating-point" in err)
+
+
+@pytest.mark.parametrize(
+    "flag, value, phrase",
+    [
+        ("--guidance", "nan", "must be a finite number"),
+        ("--guidance", "inf", "must be a finite number"),
+        ("--temperature", "nan", "must be a finite number"),
+        ("--scale", "100000", "must be >= 1 and <= 32"),
+    ],
+)
+def test_nonsensical_sampling_flags(release, tmp_path, capsys, flag, value, phrase):
+    with pytest.raises(SystemExit) as e:
+        sample.main(["t2i", "--model", str(release), "--out", str(tmp_path / "o"), flag, value, "x"])
+    assert e.value.code == 2 and phrase in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_nonsensical_sampling_values_in_python(release):
+    import omni
+
+    pipe = omni.load_pretrained(release)
+    for options in ({"guidance": float("nan")}, {"temperature": float("inf")}, {"guidance": -1.0}):
+        with pytest.raises(ValueError, match="must be"):
+            pipe.generate_images(["a red circle"], **options)
+
+
+@pytest.mark.parametrize(
+    "device, phrase", [("bogus", "unknown device 'bogus'"), ("cuda", "no CUDA device is usable here")]
+)
+def test_a_device_that_is_not_there(release, tmp_path, capsys, device, phrase):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    code, err = sample_run(
+        capsys, "t2i", "--model", release, "--out", tmp_path / "o", "--device", device, "x"
+    )
+    assert code == 2 and phrase in err and "vq" not in err
+
+
+def test_an_image_that_is_a_folder_or_a_decompression_bomb(release, tmp_path, capsys, monkeypatch):
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(SystemExit, match="a folder, not an image file"):
+        sample.main(
+            ["caption", "--model", str(release), "--out", str(tmp_path / "o"), str(tmp_path / "folder.png")]
+        )
+    Image.new("RGB", (100, 100)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels > 2x the limit: a "bomb"
+    code, err = sample_run(
+        capsys, "caption", "--model", release, "--out", tmp_path / "o", tmp_path / "huge.png"
+    )
+    assert code == 2 and "huge.png" in err and "too large to decode safely" in err
+
+
+def test_sample_outputs_replace_their_own_folder_whole_and_refuse_others(release, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert sample_run(capsys, "t2i", "--model", release, "--out", out, "--per-prompt", "3", "a", "b")[0] == 0
+    assert len(list(out.glob("0*.png"))) == 6
+    assert sample_run(capsys, "t2i", "--model", release, "--out", out, "a red circle")[0] == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["0000.png", "grid.png"]  # no stale images
+    assert len(json.loads((out / "results.json").read_text())["items"]) == 1
+    mine = tmp_path / "holiday"
+    mine.mkdir()
+    Image.new("RGB", (8, 8)).save(mine / "0000.png")
+    before = digest(mine)
+    code, err = sample_run(capsys, "t2i", "--model", release, "--out", mine, "a red circle")
+    assert code == 2 and "was not written by Omni" in err and digest(mine) == before
+    (tmp_path / "file").write_text("x")
+    code, err = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "file", "a red circle")
+    assert code == 2 and "is not a folder" in err
+
+
+@pytest.mark.parametrize(
+    "flag, phrase",
+    [
+        ("--data.batch_size=0", "data.batch_size must be >= 1"),
+        ("--data.batch_size=-1", "data.batch_size must be >= 1"),
+        ("--model.lr=-1", "model.lr must be > 0.0"),
+    ],
+)
+def test_nonsensical_training_options(model_assets, tmp_path, flag, phrase):
+    res = subprocess.run(
+        tiny_train_command(model_assets, tmp_path / "run", flag), cwd=REPO, capture_output=True, text=True
+    )
+    clean_error(res, phrase)
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
+
+
+def test_resuming_a_checkpoint_of_another_architecture(trained):
+    cmd, run, _ = trained
+    before = digest(run / "checkpoints") | digest(run / "model")
+    res = subprocess.run(
+        [*cmd, "--model.transformer.dim=32", "--model.transformer.n_heads=2", "--ckpt_path=last"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    clean_error(res, "the checkpoint holds another architecture", "resume with the config")
+    assert digest(run / "checkpoints") | digest(run / "model") == before
+
+
+def test_code_shards_of_a_smaller_codebook_without_codes_info(model_assets, tmp_path):
+    """A 16-code VQ on 64-code shards without codes_info.json: the first code out of range stops
+    the run (it used to skip those samples and train on the rest, whose codes mean other pictures)."""
+    from omni.tokenizers import VQConfig, VQModel, save_vq
+
+    codes = tmp_path / "codes"
+    codes.mkdir()
+    for shard in model_assets.codes.glob("*.tar"):
+        shutil.copy(shard, codes / shard.name)  # without codes_info.json: nothing to check against
+    save_vq(VQModel(VQConfig.from_name("shapes-32", channels=16, codebook_size=16)), tmp_path / "vq16")
+    cmd = tiny_train_command(
+        model_assets,
+        tmp_path / "run",
+        f"--data.train_shards={codes}/train-*.tar",
+        f"--data.val_shards={codes}/val-*.tar",
+        f"--data.vq={tmp_path / 'vq16'}",
+        "--trainer.max_steps=5",
+    )
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    clean_error(res, "but data.vq has 16 codes", "another VQ encoded these shards")
+
+
+def test_data_of_which_no_sample_can_be_used(model_assets, tmp_path):
+    """Every document longer than the rows: the endless stream used to spin (only kill -9 stopped it)."""
+    cmd = tiny_train_command(
+        model_assets, tmp_path / "run", "--data.seq_len=16", "--data.val_shards=null", "--trainer.max_steps=5"
+    )
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    clean_error(res, "samples were all unusable", "over-long document", "data.seq_len")
+
+
+def test_a_brace_range_with_missing_shards(model_assets, shapes_dir, tmp_path):
+    pattern = f"{shapes_dir}/train-{{000000..000005}}.tar"  # 0-2 exist, 3-5 do not
+    res = subprocess.run(
+        [sys.executable, "tokenizers/encode_shards.py", "--vq", str(model_assets.vq)]
+        + ["--shards", pattern, "--out", str(tmp_path / "codes")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "3 of the shards" in res.stderr and "train-000003.tar" in res.stderr
+    assert not (tmp_path / "codes").exists()
+
+
+def test_a_text_tokenizer_from_shards_without_text_or_into_a_folder(tmp_path):
+    with wds.TarWriter(str(tmp_path / "images-000000.tar")) as sink:
+        sink.write({"__key__": "a", "png": png_bytes(Image.new("RGB", (8, 8)))})
+    base = [sys.executable, "tokenizers/train_text.py", "--shards", str(tmp_path / "images-*.tar")]
+    res = subprocess.run(
+        [*base, "--out", str(tmp_path / "tok.json")], cwd=REPO, capture_output=True, text=True
+    )
+    assert res.returncode == 2 and "hold no text" in res.stderr and not (tmp_path / "tok.json").exists()
+    res = subprocess.run([*base, "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 2 and "is a folder" in res.stderr

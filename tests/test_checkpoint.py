@@ -148,7 +148,9 @@ def test_missing_files_and_bad_configs_name_the_file(release):
     with pytest.raises(ModelFolderError, match="image_codes 32 disagrees with the vocabulary's 64"):
         omni.load_pretrained(folder)
     write({**good, "model": {**good["model"], "image_positions": 16}})  # the VQ's grid is 8x8
-    with pytest.raises(ModelFolderError, match=r"image_positions 16 disagrees with .*vq \(8x8 codes of 4x4 px need 64\)"):
+    with pytest.raises(
+        ModelFolderError, match=r"image_positions 16 disagrees with .*vq \(8x8 codes of 4x4 px need 64\)"
+    ):
         omni.load_pretrained(folder)
     config_path.write_text("{not json")
     with pytest.raises(ModelFolderError, match=r"config\.json is not valid JSON"):

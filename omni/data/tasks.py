@@ -266,13 +266,17 @@ def pack_stage(
     codebook_size = builder.vocab.codebook_size
     for sample in src:
         codes = sample["codes"]
-        if codes.size == 0 or codes.min() < 0 or codes.max() >= codebook_size:
-            skips.skip(
-                "codes out of range",
-                sample["key"],
-                f"codes must lie in [0, {codebook_size}): were these shards encoded with another VQ? re-encode them",
-            )
+        if codes.size == 0:
+            skips.skip("no codes", sample["key"], "an empty codes.npy")
             continue
+        if codes.min() < 0 or codes.max() >= codebook_size:
+            # Not a damaged sample but shards of another VQ: training on them would teach the model
+            # codes that mean other pictures (and those in range would pass unnoticed).
+            raise ValueError(
+                f"code shard sample {sample['key']} holds codes up to {int(codes.max())}, but data.vq has "
+                f"{codebook_size} codes: another VQ encoded these shards; point data.vq at it, or re-encode "
+                f"them with tokenizers/encode_shards.py --vq DATA_VQ --overwrite"
+            )
         chosen = tasks if every_task else rng.choices(tasks, weights)
         for task in chosen:
             doc = builder.build(sample, task, rng)
