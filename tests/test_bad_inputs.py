@@ -606,6 +606,13 @@ def test_a_release_config_with_odd_sections(release, tmp_path, capsys, edit, phr
     assert code == 2 and phrase in err
 
 
+def test_a_vq_folder_of_a_newer_format(release, tmp_path, capsys):
+    path = release / "vq" / "config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"format_version": 7}))
+    code, err = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "a red circle")
+    assert code == 2 and str(path) in err and "format_version 7 is not one this Omni reads" in err
+
+
 def test_a_deeply_nested_release_config(release, tmp_path, capsys):
     (release / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     code, err = sample_run(capsys, "t2i", "--model", release, "--out", tmp_path / "o", "a red circle")

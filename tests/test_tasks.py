@@ -151,7 +151,8 @@ def test_loader_mixes_tasks_from_code_shards_and_counts_overlong(parts, model_as
         )
 
 
-def test_codes_outside_the_codebook_are_skipped_and_counted(parts):
+def test_codes_outside_the_codebook_stop_with_a_clear_error(parts):
+    """Codes beyond the codebook mean shards of another VQ: not a damaged sample to skip."""
     import numpy as np
 
     from omni.data.loader import SkipCounter
@@ -160,17 +161,27 @@ def test_codes_outside_the_codebook_are_skipped_and_counted(parts):
     tok, vocab = parts
     good = {"codes": np.arange(16), "text": "a red circle", "qa": [], "key": "good"}
     bad = {"codes": np.full(16, 64), "text": "a red circle", "qa": [], "key": "bad"}  # codebook has 64 codes
-    skips = SkipCounter()
-    batches = list(
-        pack_stage(
-            iter([good, bad]),
-            skips,
-            "0",
-            builder=TaskBuilder(vocab, tok, "mask"),
-            ratios={"lm": 1},
-            seq_len=32,
-            batch_size=4,
-        )
+    stage = pack_stage(
+        iter([good, bad]),
+        SkipCounter(),
+        "0",
+        builder=TaskBuilder(vocab, tok, "mask"),
+        ratios={"lm": 1},
+        seq_len=32,
+        batch_size=4,
     )
-    assert sum(b["skipped"].get("codes out of range", 0) for b in batches) == 1
-    assert [k for b in batches for k in b["keys"]] == ["good"]
+    with pytest.raises(ValueError, match="sample bad holds codes up to 64, but data.vq has 64 codes"):
+        list(stage)
+
+
+def test_a_stream_of_unusable_samples_fails_instead_of_spinning():
+    from omni.data.loader import SkipCounter
+
+    skips = SkipCounter(limit=10)
+    for _ in range(9):
+        skips.skip("over-long document", "k")
+    skips.used()  # one usable sample resets the run
+    for _ in range(9):
+        skips.skip("over-long document", "k")
+    with pytest.raises(ValueError, match="last 10 samples were all unusable .*over-long document: 19"):
+        skips.skip("over-long document", "k")

@@ -78,6 +78,12 @@ def read_vq_config(folder: str | Path) -> VQConfig:
         raise VQFolderError(f"{path} is not valid JSON ({e}); re-export the tokenizer") from e
     if not isinstance(config, dict) or config.get("format") != FORMAT or "vq" not in config:
         raise VQFolderError(f"{path} is not an {FORMAT} config (missing 'format': '{FORMAT}' or 'vq')")
+    version = config.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise VQFolderError(
+            f"{path}: format_version {version!r} is not one this Omni reads (1 to {FORMAT_VERSION}); "
+            f"a newer Omni wrote it: upgrade omni-multimodal"
+        )
     fields = set(VQConfig.__dataclass_fields__)
     unknown = sorted(set(config["vq"]) - fields)
     if unknown:
