@@ -162,6 +162,15 @@ def run(args) -> dict:
 
     out = Path(args.out or f"samples/{args.command}")
     check_replaceable(out, "samples", what="--out")  # before the model loads: refuse early
+    inputs = [
+        *getattr(args, "images", []),
+        *(p for p in (getattr(args, "image", None), getattr(args, "mask", None)) if p),
+    ]
+    inside = [p for p in inputs if out.resolve() in Path(p).resolve().parents]
+    if inside:
+        raise ValueError(
+            f"--out {out} holds the input {inside[0]}, which its replacement would delete; write to another --out"
+        )
     pipe = load_pretrained(args.model, device=args.device)
     with writing_folder(out, "samples", what="--out") as tmp:  # a run's outputs appear whole
         return _run(args, pipe, out, tmp)

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from omni.release import read_marker
+
 DEMO = Path("demo")
 PY = sys.executable
 
@@ -47,14 +49,61 @@ STAGES: list[tuple[str, list[str]]] = [
                   *(f"demo/t2i/{i:04d}.png" for i in range(0, 32, 2))]),
 ]  # fmt: skip
 STAGE_NAMES = [name for name, _ in STAGES]
-# What a stage writes and the demo removes before redoing it: the trainers and sample.py never
-# replace a folder that another run wrote, so a redone stage starts from a clean slate.
+# The trainers never replace a release or checkpoints of another run, so a training stage the
+# demo redoes must start from a clean slate: the demo removes its own previous run (release
+# folder, then its training folder), and only that: demo/runs.json records which run each
+# release folder held when the demo made it. Anything else there is left alone and reported.
 STAGE_OUTPUTS = {
-    "vq": ["runs/shapes/vq-train", "runs/shapes/vq"],
-    "model": ["runs/shapes/model-train", "runs/shapes/model"],
-    "samples": ["demo/t2i"],
-    "captions": ["demo/captions"],
+    "vq": ("runs/shapes/vq", "runs/shapes/vq-train"),
+    "model": ("runs/shapes/model", "runs/shapes/model-train"),
 }
+RUNS = DEMO / "runs.json"
+
+
+def _demo_runs() -> dict:
+    try:
+        return json.loads(RUNS.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def clear_previous_run(name: str) -> None:
+    """Remove what the demo's own earlier run of stage `name` left; refuse if it is anyone else's."""
+    if name not in STAGE_OUTPUTS:
+        return
+    release, train = map(Path, STAGE_OUTPUTS[name])
+    marker = read_marker(release) if release.is_dir() else None
+    ours = (
+        marker is not None
+        and marker.get("run") is not None
+        and marker.get("run") == _demo_runs().get(str(release))
+    )
+    checkpoints = list(train.rglob("*.ckpt")) if train.is_dir() else []
+    if ours:
+        for folder in (release, train):
+            if folder.exists():
+                print(f"=== demo stage {name}: removing its previous run {folder}/", flush=True)
+                shutil.rmtree(folder)
+    elif release.exists() or checkpoints:
+        raise SystemExit(
+            f"demo stage {name}: {release} or {train} holds a run that this demo did not make (or made before "
+            f"it recorded its runs); move them away or delete them yourself, then resume with "
+            f"`python -m omni.demo --from {name}`"
+        )
+
+
+def record_run(name: str) -> None:
+    """Remember which run the stage's release folder holds (see clear_previous_run)."""
+    if name not in STAGE_OUTPUTS:
+        return
+    release = STAGE_OUTPUTS[name][0]
+    marker = read_marker(release) if Path(release).is_dir() else None
+    if marker and marker.get("run"):
+        runs = _demo_runs() | {release: marker["run"]}
+        RUNS.parent.mkdir(parents=True, exist_ok=True)
+        RUNS.write_text(json.dumps(runs, indent=2) + "\n")
+
+
 # Benchmark keys copied into the summary, in the order the table prints them.
 SUMMARY_KEYS = (
     "t2i_accuracy", "t2i_accuracy_one", "t2i_accuracy_two",
@@ -69,13 +118,13 @@ def run_stages(names: list[str]) -> dict[str, float]:
     for name, argv in STAGES:
         if name not in names:
             continue
-        for folder in map(Path, STAGE_OUTPUTS.get(name, [])):
-            if folder.exists():
-                print(f"=== demo stage {name}: removing its previous output {folder}/", flush=True)
-                shutil.rmtree(folder)
+        clear_previous_run(name)
         print(f"\n=== demo stage {name}: {' '.join(argv)}", flush=True)
         start = time.perf_counter()
-        code = subprocess.call(argv)
+        try:
+            code = subprocess.call(argv)
+        finally:  # even when interrupted: the run it started is the demo's own
+            record_run(name)
         minutes[name] = (time.perf_counter() - start) / 60
         print(f"=== demo stage {name}: {minutes[name]:.1f} min", flush=True)
         if code != 0:

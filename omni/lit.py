@@ -182,8 +182,9 @@ class OmniLitModule(L.LightningModule):
                 "ema_decay > 0 is not supported with FSDP (the average would be of shards); set it to 0"
             )
 
-    def on_fit_start(self) -> None:
-        # After a resumed checkpoint restored the run id: refuse outputs that would destroy something.
+    def on_train_start(self) -> None:
+        # After the checkpoint (and its run id) is restored, under FSDP too, before any step:
+        # refuse outputs that would destroy something.
         h = self.hparams
         self.outputs.check_at_start(self.trainer, {"data.vq": h.vq, "the tokenizer": h.tokenizer})
 
@@ -303,6 +304,10 @@ class OmniLitModule(L.LightningModule):
         self._step(batch, "val", self.ema)
         self._step(batch, "val_live")
 
+    def on_validation_end(self) -> None:
+        if self.outputs.export_pending:  # a checkpoint saved at validation end (callbacks run first)
+            self.export()
+
     def on_validation_epoch_end(self) -> None:
         self.log("minutes", self.train_minutes(), sync_dist=False)
 
@@ -362,8 +367,10 @@ class OmniLitModule(L.LightningModule):
                 f"({ours.text_size} text ids, {ours.codebook_size} codes); resume with the tokenizer.json "
                 f"and VQ folder the run started with"
             )
-        ours = self.state_dict()
-        theirs_state = checkpoint.get("state_dict", {})
+        # (FSDP restores its sharded weights itself: its checkpoint dict holds no state_dict.)
+        theirs_state = checkpoint.get("state_dict") if not self._fsdp() else None
+        ours = self.state_dict() if theirs_state is not None else {}
+        theirs_state = theirs_state or {}
         differ = [
             f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}"
             for k, v in theirs_state.items()

@@ -56,9 +56,17 @@ def check_replaceable(
 ) -> None:
     """Raise FolderGuardError unless `dst` is absent or a `kind` folder Omni wrote (for run `run`)."""
     dst = Path(dst)
+    old = dst.with_name(f".{dst.name}.old")
     if not dst.exists() and not dst.is_symlink():
+        if old.exists():  # a save killed between its two renames: the only copy waits there
+            raise FolderGuardError(
+                f"{what} {dst} is missing but {old} holds the release an interrupted save moved away; "
+                f"rename it back to {dst} (or delete it if you do not want it), then rerun"
+            )
         return
-    if not dst.is_dir() or dst.is_symlink():
+    if dst.is_symlink():
+        raise FolderGuardError(f"{what} {dst} is a symbolic link; give the real folder, or another path")
+    if not dst.is_dir():
         raise FolderGuardError(f"{what} {dst} exists and is not a folder; choose another path")
     marker = read_marker(dst)
     if marker is None:
@@ -97,6 +105,8 @@ def deferred_interrupts() -> Iterator[None]:
     received: list[int] = []
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is None:
+            continue  # a handler installed outside Python could not be put back: leave it alone
         previous[sig] = signal.signal(sig, lambda number, frame: received.append(number))
     try:
         yield
@@ -107,10 +117,11 @@ def deferred_interrupts() -> Iterator[None]:
             signal.raise_signal(number)
 
 
-def _swap(tmp: Path, dst: Path) -> None:
+def _swap(tmp: Path, dst: Path, kind: str) -> None:
     """Move `tmp` to `dst`, the old `dst` (if any) out of the way first, then delete the old copy."""
     old = dst.with_name(f".{dst.name}.old")
-    if old.exists():
+    if old.exists():  # a copy an earlier swap could not finish deleting: only ever ours
+        check_replaceable(old, kind, what="leftover folder")
         shutil.rmtree(old)
     if dst.exists():
         os.rename(dst, old)
@@ -141,7 +152,7 @@ def writing_folder(
                     os.fsync(fh.fileno())
         with deferred_interrupts():
             check_replaceable(dst, kind, run, what)  # again: another process may have put it there
-            _swap(tmp, dst)
+            _swap(tmp, dst, kind)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -160,19 +171,33 @@ class RunOutputs:
         self.export_dir, self.kind = export_dir, kind
         self.run = uuid.uuid4().hex
         self.export_pending = False
+        self.resumed_without_run = False
 
     def save(self, checkpoint: dict) -> None:
         checkpoint["omni_run"] = self.run
 
     def load(self, checkpoint: dict) -> None:
+        self.resumed_without_run = "omni_run" not in checkpoint  # written before run ids existed
         self.run = checkpoint.get("omni_run", self.run)
 
     def check_at_start(self, trainer, inputs: dict[str, str | None]) -> None:
-        """Refuse outputs that would destroy something, before the first step.
+        """Refuse outputs that would destroy something, before the first step (call it from
+        on_train_start: under FSDP the checkpoint, and its run id, is restored only after setup).
 
         `inputs` names the run's input paths (data.vq, the tokenizer, ...), which an export folder
-        must neither be nor contain.
+        must neither be nor contain. Rank 0 decides and every rank raises the same error.
         """
+        problem = None
+        if trainer.is_global_zero:
+            try:
+                self._check(trainer, inputs)
+            except FolderGuardError as e:
+                problem = str(e)
+        problem = trainer.strategy.broadcast(problem, src=0)
+        if problem:
+            raise FolderGuardError(problem)
+
+    def _check(self, trainer, inputs: dict[str, str | None]) -> None:
         resumed = trainer.ckpt_path is not None
         checkpoint_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
         if checkpoint_dir and not resumed and Path(checkpoint_dir).is_dir():
@@ -193,4 +218,24 @@ class RunOutputs:
                     f"the export folder {self.export_dir} is or contains {name} {path}; a release replaces "
                     f"its folder whole: choose another export folder"
                 )
+        if resumed and self.resumed_without_run:
+            self._adopt_unmarked_release()
         check_replaceable(self.export_dir, self.kind, self.run, what="the export folder")
+
+    def _adopt_unmarked_release(self) -> None:
+        """Resuming a checkpoint from before run ids: its release (an Omni folder of our kind
+        without a marker) is taken as this run's, so the upgrade does not strand the run."""
+        folder = Path(self.export_dir)
+        if not folder.is_dir() or read_marker(folder) is not None:
+            return
+        try:
+            written = json.loads((folder / "config.json").read_text()).get("format")
+        except (OSError, ValueError, AttributeError):
+            return
+        if written == {"model": "omni-model", "vq": "omni-vq"}.get(self.kind):
+            marker = {
+                "kind": self.kind,
+                "run": self.run,
+                "adopted": "resumed from a checkpoint without a run id",
+            }
+            (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n")

@@ -758,7 +758,12 @@ def test_code_shards_of_a_smaller_codebook_without_codes_info(model_assets, tmp_
 def test_data_of_which_no_sample_can_be_used(model_assets, tmp_path):
     """Every document longer than the rows: the endless stream used to spin (only kill -9 stopped it)."""
     cmd = tiny_train_command(
-        model_assets, tmp_path / "run", "--data.seq_len=16", "--data.val_shards=null", "--trainer.max_steps=5"
+        model_assets,
+        tmp_path / "run",
+        "--data.seq_len=16",  # a t2i document is a caption and 64 codes: it never fits
+        "--data.ratios={t2i: 1.0}",
+        "--data.val_shards=null",
+        "--trainer.max_steps=5",
     )
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     clean_error(res, "samples were all unusable", "over-long document", "data.seq_len")
@@ -787,3 +792,57 @@ def test_a_text_tokenizer_from_shards_without_text_or_into_a_folder(tmp_path):
     assert res.returncode == 2 and "hold no text" in res.stderr and not (tmp_path / "tok.json").exists()
     res = subprocess.run([*base, "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 2 and "is a folder" in res.stderr
+
+
+def test_a_release_left_aside_by_a_killed_save_is_never_deleted(model_assets, tmp_path):
+    """kill -9 between the swap's two renames leaves the only copy in .NAME.old: the next save
+    must not delete it (it used to, unchecked)."""
+    from omni.checkpoint import save_pretrained
+    from omni.model import ModelConfig, Transformer
+    from omni.release import FolderGuardError
+    from omni.tokenizers.text import TextTokenizer
+    from omni.vocab import Vocab
+
+    vocab = Vocab.build(TextTokenizer.from_file(model_assets.tokenizer), codebook_size=64)
+    model = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size))
+    args = (model.state_dict(), model.config, vocab, model_assets.tokenizer, model_assets.vq)
+    folder = save_pretrained(tmp_path / "model", *args, run="r1")
+    folder.rename(tmp_path / ".model.old")  # where the kill left it
+    before = digest(tmp_path / ".model.old")
+    with pytest.raises(
+        FolderGuardError, match=r"\.model\.old holds the release an interrupted save moved away"
+    ):
+        save_pretrained(folder, *args, run="r2")
+    assert digest(tmp_path / ".model.old") == before and not folder.exists()
+
+
+def test_sampling_into_the_folder_that_holds_its_input(release, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert sample_run(capsys, "t2i", "--model", release, "--out", out, "a red circle")[0] == 0
+    code, err = sample_run(capsys, "caption", "--model", release, "--out", out, out / "0000.png")
+    assert code == 2 and "holds the input" in err and (out / "0000.png").is_file()
+
+
+def test_resuming_a_run_from_before_run_ids_keeps_its_release(tmp_path):
+    """A checkpoint written before run ids, and its unmarked release: the resumed run adopts it
+    (a fresh run is still refused)."""
+    from types import SimpleNamespace
+
+    from omni.release import MARKER, FolderGuardError, RunOutputs, read_marker
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"format": "omni-model"}))
+    trainer = SimpleNamespace(
+        ckpt_path=None,
+        checkpoint_callback=None,
+        is_global_zero=True,
+        strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj),
+    )
+    fresh = RunOutputs(str(folder), "model")
+    with pytest.raises(FolderGuardError, match="was not written by Omni"):
+        fresh.check_at_start(trainer, {})
+    resumed = RunOutputs(str(folder), "model")
+    resumed.load({"state_dict": {}})  # no omni_run in it
+    resumed.check_at_start(SimpleNamespace(**{**vars(trainer), "ckpt_path": "last.ckpt"}), {})
+    assert read_marker(folder)["run"] == resumed.run and (folder / MARKER).is_file()

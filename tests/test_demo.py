@@ -58,24 +58,39 @@ def test_list_and_a_failing_stage(monkeypatch, capsys):
         demo.run_stages(["broken"])
 
 
-def test_a_redone_stage_starts_from_a_clean_slate(tmp_path, monkeypatch):
-    """Trainers and sample.py refuse folders another run wrote, so the demo clears its own first."""
+def test_a_redone_stage_removes_the_demos_own_run_and_nothing_else(tmp_path, monkeypatch):
+    """Trainers refuse folders another run wrote, so the demo clears its own earlier run first,
+    and refuses (touching nothing) when the folders hold a run it did not make."""
     import yaml
+
+    from omni.release import MARKER
 
     for config in ("vq", "model"):
         cfg = yaml.safe_load((REPO / f"configs/shapes/{config}.yaml").read_text())
-        owned = demo.STAGE_OUTPUTS[config]
-        assert cfg["model"]["export_dir"] in owned
-        assert any(cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"].startswith(f"{o}/") for o in owned)
-    for name, argv in demo.STAGES:
-        if "--out" in argv and name in ("samples", "captions"):
-            assert argv[argv.index("--out") + 1] in demo.STAGE_OUTPUTS[name]
+        release, train = demo.STAGE_OUTPUTS[config]
+        assert cfg["model"]["export_dir"] == release
+        assert cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"].startswith(f"{train}/")
     monkeypatch.chdir(tmp_path)
-    for folder in demo.STAGE_OUTPUTS["model"]:
-        (tmp_path / folder).mkdir(parents=True)
-        (tmp_path / folder / "old.txt").write_text("previous demo run")
-    (tmp_path / "runs/shapes/vq").mkdir()  # another stage's output stays
+    release, train = (tmp_path / p for p in demo.STAGE_OUTPUTS["model"])
+
+    def a_run(run_id):
+        for folder in (release, train / "checkpoints"):
+            folder.mkdir(parents=True, exist_ok=True)
+        (train / "checkpoints" / "last.ckpt").write_text("weights")
+        (release / MARKER).write_text(json.dumps({"kind": "model", "run": run_id}))
+
+    a_run("by-hand")  # a run the user trained with the shapes config
     monkeypatch.setattr(demo, "STAGES", [("model", ["true"])])
+    with pytest.raises(SystemExit, match="holds a run that this demo did not make"):
+        demo.run_stages(["model"])
+    assert (train / "checkpoints" / "last.ckpt").is_file() and (release / MARKER).is_file()
+    # The demo's own run (recorded in demo/runs.json) is removed before the stage runs again.
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "runs.json").write_text(json.dumps({"runs/shapes/model": "by-hand"}))
+    (tmp_path / "runs/shapes/vq").mkdir()  # another stage's output stays
     demo.run_stages(["model"])
-    assert not any((tmp_path / f).exists() for f in demo.STAGE_OUTPUTS["model"])
-    assert (tmp_path / "runs/shapes/vq").is_dir()
+    assert not release.exists() and not train.exists() and (tmp_path / "runs/shapes/vq").is_dir()
+    # After a stage, the run its release holds is recorded.
+    a_run("demo-run")
+    demo.record_run("model")
+    assert json.loads((tmp_path / "demo" / "runs.json").read_text())["runs/shapes/model"] == "demo-run"

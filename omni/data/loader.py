@@ -46,7 +46,8 @@ IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
 WARN_FIRST = 5  # per worker and reason: warn with details for the first few, then only count
 # An endless stream in which no sample is usable would spin forever (and a DataLoader worker
 # ignores SIGTERM while it does): after this many unusable samples in a row it fails instead.
-UNUSABLE_IN_A_ROW = 1000
+# 10,000 is a whole img2dataset shard, so one bad shard among good ones never stops a run.
+UNUSABLE_IN_A_ROW = 10_000
 
 
 class SkipCounter:

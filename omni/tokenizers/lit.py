@@ -189,7 +189,9 @@ class VQLitModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._fit_start = time.monotonic()
-        self.outputs.check_at_start(self.trainer, {})  # after a resumed checkpoint restored the run id
+
+    def on_train_start(self) -> None:
+        self.outputs.check_at_start(self.trainer, {})  # after the checkpoint restored the run id
 
     def configure_optimizers(self):
         hp = self.hparams
