@@ -404,7 +404,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give --model FOLDER (benchmark a model) or --shards PATTERN (analyzer self-check)")
     try:
         if args.model is not None:
-            from omni.checkpoint import ModelFolderError
             from omni.eval.benchmark import run
 
             tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
@@ -413,18 +412,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error(
                     f"--tasks takes t2i,caption,vqa (got {args.tasks!r}); --n and --batch-size must be >= 1"
                 )
-            try:
-                report = run(
-                    args.model,
-                    args.shards or "data/shapes/val-*.tar",
-                    args.n,
-                    device=args.device,
-                    batch_size=args.batch_size,
-                    seed=args.seed,
-                    tasks=tasks,
-                )
-            except ModelFolderError as e:
-                parser.exit(2, f"error: {e}\n")
+            # A bad model folder (ModelFolderError, a ValueError) is reported below as one line.
+            report = run(
+                args.model,
+                args.shards or "data/shapes/val-*.tar",
+                args.n,
+                device=args.device,
+                batch_size=args.batch_size,
+                seed=args.seed,
+                tasks=tasks,
+            )
         else:
             report = evaluate_shards(args.shards, args.limit, args.blur_radius)
     except (FileNotFoundError, ValueError) as e:
