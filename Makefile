@@ -34,11 +34,11 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# The whole pipeline (omni/demo.py lists the stages): shapes shards -> VQ tokenizer -> its evaluation
+# The whole pipeline (omni/shapes/demo.py lists the stages): shapes shards -> VQ tokenizer -> its evaluation
 # -> text BPE -> code shards -> unified model -> benchmark -> samples; summary in demo/summary.json.
-# Resume from a stage with `.venv/bin/python -m omni.demo --from STAGE`.
+# Resume from a stage with `.venv/bin/python -m omni.shapes.demo --from STAGE`.
 demo: $(STAMP)
-	$(PY) -m omni.demo
+	$(PY) -m omni.shapes.demo
 
 bench: $(STAMP)
 	$(PY) bench/data_throughput.py

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from omni.data.loader import image_text_loader
-from omni.data.shapes import build
+from omni.shapes.render import build
 
 
 def measure(pattern: str, resolution: int, batch_size: int, workers: int, batches: int, warmup: int) -> float:

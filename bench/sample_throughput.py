@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from omni.generate import Prompt, decode_text, generate_images_ar, generate_images_mask, seeded_generator
+from omni.generate import generate_images_ar, generate_images_mask, generate_text, seeded_generator
+from omni.grammar import Grammar
 from omni.model import ModelConfig, Transformer
 from omni.vocab import SPECIALS, Vocab
 
@@ -109,21 +110,17 @@ def main() -> None:
     report["ar_images_per_s"] = ar
     report["kv_cache_speedup"] = ar["kv_cache"] / ar["recompute"]
 
-    # Captions: an mmu prompt per image (random codes; the model decides when to stop).
-    s = vocab.special
+    # Captions: a caption prompt per image (random codes; the model decides when to stop).
     codes = torch.randint(
         0, vocab.codebook_size, (args.batch, grid), generator=torch.Generator().manual_seed(0)
     )
-    prompts = [
-        Prompt([s("mmu"), s("boi"), *vocab.image_ids(c).tolist(), s("eoi"), s("bos")], image=(2, 2 + grid))
-        for c in codes
-    ]
+    prompts = [Grammar(vocab).prompt("caption", image=c.tolist()) for c in codes]
     rates = {}
     for name, groups in (("batched", [prompts]), ("one_at_a_time", [[p] for p in prompts])):
-        texts = [t for group in groups for t in decode_text(model, vocab, group, max_new_tokens=32)]
+        texts = [t for group in groups for t in generate_text(model, vocab, group, max_new_tokens=32)]
         tokens = sum(len(t) + (len(t) < 32) for t in texts)  # + the <eos> that ended a caption
         seconds = timed(
-            lambda groups=groups: [decode_text(model, vocab, group, max_new_tokens=32) for group in groups],
+            lambda groups=groups: [generate_text(model, vocab, group, max_new_tokens=32) for group in groups],
             args.repeats,
         )
         rates[name] = tokens / seconds

@@ -20,8 +20,9 @@ import time
 
 import torch
 
-from omni.attention import Segment, Visibility, build_visibility
-from omni.model import IGNORE, ModelConfig, Transformer
+from omni.grammar import IGNORE, Placed, lay_out
+from omni.model import ModelConfig, Transformer
+from omni.training.loss import training_loss
 
 # The shapes demo's model (configs/shapes/model.yaml) with its vocabulary (391 BPE + 256 codes)
 # and the image fields its VQ gives it (8x8 codes of 4x4 RGB patches).
@@ -65,29 +66,22 @@ def packed_batch(
     g = torch.Generator().manual_seed(0)
     doc_len = text_len + image_len
     rows = []
-    image_index = torch.full((batch, seq_len), -1)
     for _ in range(batch):
-        segs, offset, d = [], 0, 0
-        while offset < seq_len:
-            end = min(offset + text_len, seq_len)
-            segs.append(Segment(offset, end, d))
-            if end < seq_len:
-                stop = min(end + image_len, seq_len)
-                segs.append(Segment(end, stop, d, image=True))
-                image_index[len(rows), end:stop] = torch.arange(stop - end)
-            offset += doc_len
-            d += 1
-        rows.append(segs)
-    vis = build_visibility(rows, seq_len)
+        docs = []
+        for start in range(0, seq_len, doc_len):
+            end, image_start = min(start + doc_len, seq_len), min(start + text_len, seq_len)
+            images = [(image_start, end, True)] if end > image_start else []
+            docs.append(Placed(start, end, images))
+        rows.append(docs)
+    laid = lay_out(rows, seq_len)
     tokens = torch.randint(0, vocab_size, (batch, seq_len), generator=g)
     targets = torch.where(torch.rand(batch, seq_len, generator=g) < 0.5, tokens, IGNORE)
-    positions = torch.arange(seq_len).expand(batch, -1)
     return (
         tokens.to(device),
         targets.to(device),
-        positions.to(device),
-        Visibility(vis.doc, vis.last).to(device),
-        image_index.to(device),
+        laid.positions.to(device),
+        laid.vis.to(device),
+        laid.image_index.to(device),
     )
 
 
@@ -132,7 +126,8 @@ def main() -> None:
 
     def step():
         with autocast:
-            _, loss = model(tokens, vis, targets=targets, positions=positions, image_index=image_index)
+            logits = model(tokens, vis, positions=positions, image_index=image_index)
+            loss, _ = training_loss(logits, targets, z_loss=config.z_loss)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -24,11 +24,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from omni.assets import Assets
 from omni.generate import check_generation
 from omni.model import ModelConfig, Transformer
-from omni.release import save_tensors, writing_folder
-from omni.tokenizers.export import vq_fingerprint
-from omni.tokenizers.vqgan import VQConfig
+from omni.release import load_strict, read_release_config, save_tensors, writing_folder
 from omni.vocab import Vocab, VocabError
 
 FORMAT = "omni-model"  # config.json's "format" (the weights' safetensors metadata is HF's "pt")
@@ -56,20 +55,19 @@ def save_pretrained(
     folder: str | Path,
     state: dict[str, torch.Tensor],
     config: ModelConfig,
-    vocab: Vocab,
-    tokenizer: str | Path,
-    vq: str | Path,
+    assets: Assets,
     generation: dict | None = None,
     extra: dict | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
     run: str | None = None,
 ) -> Path:
-    """Write a release folder for a model's `state` (a state dict), its tokenizer.json and VQ folder.
+    """Write a release folder for a model's `state` (a state dict), with its assets' tokenizer.json
+    and VQ folder.
 
     The folder is written whole (omni.release.writing_folder): an existing `folder` is replaced
     only if Omni wrote it as a model release (and, with `run`, that training run did).
     """
-    folder, tokenizer, vq = Path(folder), Path(tokenizer), Path(vq)
+    folder, tokenizer, vq, vocab = Path(folder), assets.tokenizer_path, assets.vq_path, assets.vocab
     for path, what in (
         (tokenizer, "text tokenizer"),
         (vq / "config.json", "VQ config"),
@@ -104,7 +102,7 @@ def save_pretrained(
             "generation": generation or {},
             # Which tokenizer and VQ the weights were trained with: loading refuses other ones
             # of the same sizes, which would load silently and mean other words and pictures.
-            "assets": {"tokenizer": file_fingerprint(tokenizer), "vq": vq_fingerprint(vq)},
+            "assets": {"tokenizer": file_fingerprint(tokenizer), "vq": assets.fingerprint},
             **(extra or {}),
         }
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -120,59 +118,40 @@ def file_fingerprint(path: str | Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def check_release_parts(folder: str | Path, meta: dict, vq_config: VQConfig) -> None:
-    """The release's tokenizer.json and vq/ are the ones its weights were trained with, and the
-    VQ's grid and patch size fit the model's image fields; a ModelFolderError naming both if not."""
+def check_release_parts(folder: str | Path, meta: dict) -> Assets:
+    """The assets of a release folder, checked: its tokenizer.json and vq/ are the ones its weights
+    were trained with (recorded fingerprints) and fit its model config and vocabulary
+    (`Assets.check`); a ModelFolderError naming the file and the fix if not."""
     folder = Path(folder)
     config_path = folder / "config.json"
-    assets = meta.get("assets") or {}
-    found = {
-        "tokenizer": (folder / "tokenizer.json", lambda: file_fingerprint(folder / "tokenizer.json")),
-        "vq": (folder / "vq", lambda: vq_fingerprint(folder / "vq")),
-    }
-    for name, (path, fingerprint) in found.items():
-        if name in assets and (held := fingerprint()) != assets[name]:
-            raise ModelFolderError(
-                f"{path} is not the {name} the model was trained with ({config_path} records "
-                f"{str(assets[name])[:19]}..., the folder holds {held[:19]}...); re-copy the whole release"
-            )
-    config: ModelConfig = meta["model"]
-    side, patch = vq_config.resolution // vq_config.downsample, vq_config.downsample
-    wanted = {"image_positions": side * side, "image_features": 3 * patch * patch}
-    for field, value in wanted.items():
-        if getattr(config, field) not in (0, value):
-            raise ModelFolderError(
-                f"{config_path}: model.{field} {getattr(config, field)} disagrees with {folder / 'vq'} "
-                f"({side}x{side} codes of {patch}x{patch} px need {value}); the model was trained with another VQ"
-            )
+    tokenizer = folder / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise ModelFolderError(f"{tokenizer} not found; re-copy the whole model folder")
+    try:
+        assets = Assets.load(tokenizer, folder / "vq")
+        assets.check(meta["model"], meta["vocab"], where=str(config_path))  # sizes first: the clearest
+        recorded = meta.get("assets") or {}
+        held = {"tokenizer": lambda: file_fingerprint(tokenizer), "vq": lambda: assets.fingerprint}
+        for name, fingerprint in held.items():
+            if name in recorded and (found := fingerprint()) != recorded[name]:
+                path = tokenizer if name == "tokenizer" else folder / "vq"
+                raise ModelFolderError(
+                    f"{path} is not the {name} the model was trained with ({config_path} records "
+                    f"{str(recorded[name])[:19]}..., the folder holds {found[:19]}...); re-copy the whole release"
+                )
+    except ModelFolderError:
+        raise
+    except ValueError as e:  # VQFolderError, VocabError and Assets.check's
+        raise ModelFolderError(str(e)) from e
+    return assets
 
 
 def read_config(folder: str | Path) -> dict:
     """config.json of a model folder, checked: {"model": ModelConfig, "vocab": Vocab, "generation": dict, ...}."""
     folder = Path(folder)
-    if not folder.is_dir():
-        old = folder.with_name(f".{folder.name}.old")
-        hint = (
-            f"; {old} holds the previous release left by an interrupted save: rename it to {folder}"
-            if old.is_dir()
-            else "; train one with `python train.py fit --config configs/shapes/model.yaml`"
-        )
-        raise ModelFolderError(f"model folder {folder} does not exist{hint}")
     path = folder / "config.json"
-    if not path.is_file():
-        raise ModelFolderError(f"{path} not found: is {folder} an Omni model folder (written by train.py)?")
-    try:
-        raw = json.loads(path.read_text())
-    except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
-        raise ModelFolderError(f"{path} is not valid JSON ({str(e)[:200]}); re-export the model") from e
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise ModelFolderError(f'{path} is not an {FORMAT} config (expected "format": "{FORMAT}")')
-    version = raw.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
-        raise ModelFolderError(
-            f"{path}: format_version {version!r} is not one this Omni reads (1 to {FORMAT_VERSION}); "
-            f"a newer Omni wrote it: upgrade omni-multimodal"
-        )
+    hint = "train one with `omni train fit --config configs/shapes/model.yaml`"
+    raw = read_release_config(folder, FORMAT, FORMAT_VERSION, ModelFolderError, hint)
     for key in ("model", "vocab"):
         if not isinstance(raw.get(key), dict):
             raise ModelFolderError(f"{path} lacks the {key!r} section; re-export the model")
@@ -204,16 +183,6 @@ def read_config(folder: str | Path) -> dict:
     if vocab.size != config.vocab_size:
         raise ModelFolderError(
             f"{path}: model.vocab_size {config.vocab_size} disagrees with the vocabulary layout ({vocab.size} ids)"
-        )
-    if min(config.image_positions, config.image_features) < 0:
-        raise ModelFolderError(
-            f"{path}: model.image_positions / image_features are -1 (unresolved): a release holds the values "
-            f"training took from the VQ; re-export the model"
-        )
-    if config.image_features and config.image_codes != vocab.codebook_size:
-        raise ModelFolderError(
-            f"{path}: model.image_codes {config.image_codes} disagrees with the vocabulary's "
-            f"{vocab.codebook_size} image codes; re-export the model"
         )
     return {**raw, "model": config, "vocab": vocab, "generation": raw.get("generation", {})}
 
@@ -270,39 +239,25 @@ def load_state(folder: str | Path, device: str | torch.device = "cpu") -> dict[s
 
 
 def load_model(
-    folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    folder: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    config: ModelConfig | None = None,
 ) -> Transformer:
-    """The Transformer of a model folder: built on the meta device, loaded strictly, in eval mode."""
+    """The Transformer of a model folder: built on the meta device, loaded strictly, in eval mode.
+    `config`: the folder's, when the caller has read it already (`read_config`)."""
     folder = Path(folder)
-    config = read_config(folder)["model"]
+    config = config or read_config(folder)["model"]
     state = load_state(folder, device)
     with torch.device("meta"):
         model = Transformer(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    bad_shapes = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or bad_shapes:
-        raise ModelFolderError(
-            f"the weights in {folder} do not match {folder / 'config.json'}: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}, wrong shapes {bad_shapes[:5]}; the files come from different models, re-export"
-        )
     for name, tensor in state.items():
         if not tensor.is_floating_point():
             raise ModelFolderError(
                 f"the weights in {folder}: {name} is {tensor.dtype}, not a floating-point tensor; the files "
                 f"were not written by Omni or were converted wrongly: re-export the model"
             )
-        if not torch.isfinite(tensor).all():
-            raise ModelFolderError(
-                f"the weights in {folder}: {name} holds NaN or inf values; the model is damaged (a run that "
-                f"diverged, or a broken copy): re-export it from a good checkpoint"
-            )
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
+    load_strict(model, state, str(folder), str(folder / "config.json"), ModelFolderError)
     return model.eval()

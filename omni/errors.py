@@ -1,9 +1,10 @@
-"""Command-line error reporting: a mistake in the user's input ends in one clear line, not a traceback.
+"""One error convention for every command: a mistake in the user's input ends in one clear line.
 
-Our code raises ValueError / FileNotFoundError / FloatingPointError with messages that name the
-file and the fix. When such an error reaches a script's top level, `report_user_errors` prints
-`error: MESSAGE` and exits with status 2. Errors raised inside a library (torch, Lightning) keep
-their full traceback: those are bugs to report, not inputs to fix.
+Our code raises ValueError / FileNotFoundError / FloatingPointError (or `CommandError`) with a
+message that names the file and the fix. `run_command` runs a command's `main(argv)`; such an
+error raised by our own code becomes `error: MESSAGE` on stderr and exit status 2. Errors raised
+inside a library (torch, Lightning) keep their full traceback: those are bugs to report, not
+inputs to fix. Argument syntax errors are argparse's own (`usage: ...`, also status 2).
 """
 
 from __future__ import annotations
@@ -12,28 +13,33 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+
+class CommandError(Exception):
+    """A command cannot go on for a reason the user fixes (its message says how)."""
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, CommandError)
 _OMNI = Path(__file__).resolve().parent
 
 
-def raised_by_us(error: BaseException, script: str | None = None) -> bool:
-    """Whether the innermost frame of the error's traceback is in the omni package or the script."""
+def raised_by_us(error: BaseException) -> bool:
+    """Whether the innermost frame of the error's traceback is in the omni package."""
+    if isinstance(error, CommandError):
+        return True
     tb = error.__traceback__
     if tb is None:
         return False
     while tb.tb_next is not None:
         tb = tb.tb_next
-    where = Path(tb.tb_frame.f_code.co_filename).resolve()
-    ours = where.is_relative_to(_OMNI)
-    return ours or (script is not None and where == Path(script).resolve())
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_OMNI)
 
 
-def report_user_errors(main: Callable[[], object], script: str | None = None) -> None:
-    """Run `main`; an input error raised by our own code becomes `error: MESSAGE` and exit status 2."""
+def run_command(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run a command's `main(argv)`; its exit status (2 after an input error, printed as one line)."""
     try:
-        main()
+        return main(argv) or 0
     except USER_ERRORS as e:
-        if not raised_by_us(e, script or sys.argv[0]):
+        if not raised_by_us(e):
             raise
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2

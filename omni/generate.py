@@ -1,10 +1,11 @@
 """Samplers as plain functions over a `Transformer` and its `Vocab` (gpt-fast style).
 
-    texts = decode_text(model, vocab, prompts, max_new_tokens=32)            # captions, answers, text
+    texts = generate_text(model, vocab, prompts, max_new_tokens=32)          # captions, answers, text
     codes = generate_images_mask(model, vocab, captions, grid=64, steps=12)  # MaskGIT / Show-o
     codes = generate_images_ar(model, vocab, captions, grid=64)              # raster, KV-cached
 
-Prompts are lists of token ids, optionally with an image block: `Prompt(ids, image=(start, end))`.
+Prompts come from the token grammar (`omni.grammar.Grammar.prompt`): token ids, optionally with
+an image block, `Prompt(ids, image=(start, end))`.
 A batch of prompts of different lengths is left-padded; padding positions are their own
 documents (omni.attention), so they never influence real tokens, and rotary positions start at
 0 at each prompt's first real token. Decoding is constrained: text decoding may emit only text
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from omni.attention import Segment, build_visibility
 from omni.checks import check_number
+from omni.grammar import Grammar, Placed, Prompt, lay_out
 from omni.model import KVCache, Transformer
 from omni.vocab import Vocab
 
@@ -55,14 +56,6 @@ def check_generation(options: dict, where: str = "generation") -> dict:
 
 
 @dataclass
-class Prompt:
-    """Token ids of one prompt and, if it holds one, the [start, end) of its image block."""
-
-    ids: list[int]
-    image: tuple[int, int] | None = None
-
-
-@dataclass
 class Batch:
     """Left-padded prompts laid out for a sequence of `length` positions (prompt + generation)."""
 
@@ -81,39 +74,27 @@ def layout(
     bidirectional: bool = True,
     device=None,
 ) -> Batch:
-    """Left-pad prompts and describe the whole sequence (prompt, then `new_tokens` generated ones).
+    """Left-pad prompts; each row is one document: its prompt, then the `new_tokens` to generate.
 
     `new_image` marks a block [start, end) of the generated part (relative to its first position)
-    as an image (bidirectional in mask mode).
+    as an image, bidirectional in mask mode; an image inside a prompt is read (bidirectional).
     """
     width = max(len(p.ids) for p in prompts)
     length = width + new_tokens
     tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    positions = torch.zeros((len(prompts), length), dtype=torch.long)
-    image_index = torch.full((len(prompts), length), -1, dtype=torch.long)
-    segments, pads = [], []
+    rows, pads = [], []
     for row, p in enumerate(prompts):
         pad = width - len(p.ids)
         pads.append(pad)
         tokens[row, pad:] = torch.tensor(p.ids, dtype=torch.long)
-        positions[row, pad:] = torch.arange(length - pad)
-        cuts = {pad, length}
-        blocks = []
+        images = []
         if p.image is not None:
-            blocks.append((pad + p.image[0], pad + p.image[1]))
+            images.append((pad + p.image[0], pad + p.image[1], True))
         if new_image is not None:
-            blocks.append((width + new_image[0], width + new_image[1]))
-        for s, e in blocks:
-            cuts |= {s, e}
-            image_index[row, s:e] = torch.arange(e - s)
-        edges = sorted(cuts)
-        segs = []
-        for s, e in zip(edges, edges[1:]):
-            is_image = (s, e) in blocks
-            segs.append(Segment(s, e, 0, image=is_image, bidirectional=bidirectional))
-        segments.append(segs)
-    vis = build_visibility(segments, length)
-    return Batch(tokens.to(device), positions.to(device), image_index.to(device), vis.to(device), pads)
+            images.append((width + new_image[0], width + new_image[1], bidirectional))
+        rows.append([Placed(pad, length, images)])
+    laid = lay_out(rows, length).to(device)
+    return Batch(tokens.to(device), laid.positions, laid.image_index, laid.vis, pads)
 
 
 def seeded_generator(seed: int, device: torch.device | str) -> torch.Generator:
@@ -163,7 +144,7 @@ def _restrict(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_text(
+def generate_text(
     model: Transformer,
     vocab: Vocab,
     prompts: Sequence[Prompt],
@@ -198,18 +179,6 @@ def decode_text(
         seq, logits = step_logits(model, batch, seq, nxt, cache)
     generated = torch.stack(out, dim=1).tolist()
     return [row[: row.index(eos)] if eos in row else row for row in generated]
-
-
-def t2i_prompt(vocab: Vocab, caption_ids: list[int]) -> list[int]:
-    """<t2i> <bos> caption <eos> <boi>: the prefix after which an image is generated."""
-    s = vocab.special
-    return [s("t2i"), s("bos"), *caption_ids, s("eos"), s("boi")]
-
-
-def guided_t2i_prompts(vocab: Vocab, captions: Sequence[list[int]], guidance: float) -> list[Prompt]:
-    """t2i prompts of the captions, followed (with guidance) by as many empty-caption ones."""
-    prompts = [Prompt(t2i_prompt(vocab, c)) for c in captions]
-    return prompts + [Prompt(t2i_prompt(vocab, []))] * len(captions) if guidance > 0 else prompts
 
 
 def prefill(model: Transformer, batch: Batch, new_tokens: int, use_cache: bool):
@@ -301,7 +270,7 @@ def generate_images_mask(
     device = model.output.weight.device
     check_generator(generator, device)
     n = len(captions)
-    prompts = guided_t2i_prompts(vocab, captions, guidance)
+    prompts = Grammar(vocab).guided_t2i_prompts(captions, guidance)
     batch = layout(prompts, grid + 1, vocab.special("pad"), new_image=(0, grid), device=device)
     width = batch.tokens.shape[1]
     mask_id = vocab.special("mask")
@@ -368,7 +337,7 @@ def generate_images_ar(
     device = model.output.weight.device
     check_generator(generator, device)
     n = len(captions)
-    prompts = guided_t2i_prompts(vocab, captions, guidance)
+    prompts = Grammar(vocab).guided_t2i_prompts(captions, guidance)
     batch = layout(
         prompts, grid, vocab.special("pad"), new_image=(0, grid), bidirectional=False, device=device
     )

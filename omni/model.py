@@ -9,18 +9,16 @@ images that are read) or causal (generated in ar mode), and packed documents are
     config = ModelConfig.from_name("shapes", vocab_size=vocab.size)
     model = Transformer(config)
     logits = model(tokens, vis)                        # (B, T, V)
-    logits, loss = model(tokens, vis, targets=targets) # targets -100 where there is no loss
 
-Targets are aligned with positions (position i predicts targets[i]); the data layer decides
-whether that is the next token (text, ar images) or the token itself (masked image tokens).
-This module imports nothing from Lightning or the data code.
+The loss is `omni.training.loss.training_loss` (targets aligned with positions: the grammar
+decides whether that is the next token or, for masked image tokens, the token itself). This
+module imports nothing from Lightning, the data code or the grammar.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
-from typing import NamedTuple
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -30,16 +28,15 @@ from torch.utils.checkpoint import checkpoint
 from omni.attention import BACKENDS, OmniMask, Visibility, resolve_backend
 from omni.checks import check_number
 
-IGNORE = -100  # target value of positions without a loss
 GENERATION_MODES = ("mask", "ar")
 
 
 @dataclass
-class ModelConfig:
-    """Architecture of the unified Transformer (every field is also a training-config key)."""
+class Architecture:
+    """What a training config chooses for the Transformer (`model.transformer`; every field is a
+    config key). The facts of a tokenizer and a VQ complete it into a `ModelConfig`
+    (`omni.assets.Assets.model_config`)."""
 
-    vocab_size: int = 0
-    """Ids the model reads and writes; 0 means: take it from the vocabulary when training starts."""
     dim: int = 256
     """Width of the residual stream."""
     n_layers: int = 6
@@ -68,27 +65,21 @@ class ModelConfig:
     """Attention backend: auto, sdpa, flex or xformers (see omni.attention)."""
     init_std: float = 0.02
     """Standard deviation of the initial weights."""
-    image_positions: int = 0
-    """Codes per image (e.g. 64 for an 8x8 grid) to learn one position embedding per image-token
-    index, added to the code embedding (MaskGIT/ViT style); 0: rotary positions only; -1: the
-    VQ's grid, filled in when training starts. With it, a code knows where in the image it sits
-    without counting its distance to <boi>."""
-    image_codes: int = 0
-    """How many VQ codes end the vocabulary (ids [vocab_size - image_codes, vocab_size)); used
-    by `image_features` (0: the vocabulary's codebook size, filled in when training starts)."""
-    image_features: int = 0
-    """Width of a fixed table of what each code looks like (its decoded RGB patch, 3*f*f values;
-    `VQModel.code_appearance`), projected by a learned matrix and added to the code embeddings:
-    codes that look alike start alike, instead of as unrelated ids (cf. Janus, whose image
-    inputs are an MLP of the VQ codebook vectors). 0: off; -1: filled in from the VQ when
-    training starts."""
+    image_positions: bool = False
+    """Learn one position embedding per image-token index (as many as the VQ's grid has codes),
+    added to the code embedding (MaskGIT/ViT style): a code knows where in the image it sits
+    without counting its distance to <boi>. Off: rotary positions only."""
+    image_features: bool = False
+    """Add a fixed table of what each code looks like (its decoded RGB patch, 3*f*f values;
+    `VQModel.code_appearance`), projected by a learned matrix, to the code embeddings: codes that
+    look alike start alike, instead of as unrelated ids (cf. Janus, whose image inputs are an MLP
+    of the VQ codebook vectors)."""
 
     def __post_init__(self):
         # Fields keep 0 for "derived" (kv_heads, ffn_dim), so a config written from defaults
         # still derives them after dim or n_heads change.
         problems = []
         numbers = {
-            "vocab_size": dict(at_least=0, integer=True),
             "dim": dict(at_least=1, integer=True),
             "n_layers": dict(at_least=1, integer=True),
             "n_heads": dict(at_least=1, integer=True),
@@ -99,9 +90,6 @@ class ModelConfig:
             "norm_eps": dict(above=0.0, below=1.0),
             "z_loss": dict(at_least=0.0),
             "init_std": dict(above=0.0),
-            "image_positions": dict(at_least=-1, integer=True),
-            "image_codes": dict(at_least=0, integer=True),
-            "image_features": dict(at_least=-1, integer=True),
         }
         for name, rule in numbers.items():
             try:
@@ -138,17 +126,22 @@ class ModelConfig:
         return self.hidden_dim or 64 * math.ceil(8 * self.dim / 3 / 64)
 
     @classmethod
-    def from_name(cls, name: str, **overrides) -> ModelConfig:
+    def from_name(cls, name: str, **overrides):
         """A named preset (see `PRESETS`), with fields overridden by keyword."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; presets: {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
+        # The image switches of an Architecture are resolved sizes in a ModelConfig: not copied.
+        ours = {f.name: f.type for f in fields(cls)}
+        preset = {
+            f.name: getattr(PRESETS[name], f.name) for f in fields(Architecture) if ours[f.name] == f.type
+        }
+        return cls(**preset | overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
+    def from_dict(cls, data: dict):
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -156,17 +149,49 @@ class ModelConfig:
         return cls(**data)
 
 
-PRESETS: dict[str, ModelConfig] = {
+@dataclass
+class ModelConfig(Architecture):
+    """A Transformer's complete configuration: the architecture and the facts of its vocabulary
+    and VQ, all resolved (a release's config.json holds this; nothing is left to fill in)."""
+
+    vocab_size: int = 0
+    """Ids the model reads and writes (`Vocab.size`)."""
+    image_positions: int = 0
+    """Learned image positions: one per code of an image (0: none)."""
+    image_codes: int = 0
+    """How many VQ codes end the vocabulary (ids [vocab_size - image_codes, vocab_size)); the rows
+    of the code appearance table (0 without one)."""
+    image_features: int = 0
+    """Width of the code appearance table (3*f*f for f x f px patches; 0: no table)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        rules = {
+            "vocab_size": dict(at_least=1, integer=True),
+            "image_positions": dict(at_least=0, integer=True),
+            "image_codes": dict(at_least=0, integer=True),
+            "image_features": dict(at_least=0, integer=True),
+        }
+        for name, rule in rules.items():
+            check_number(f"model.{name}", getattr(self, name), **rule)
+        if self.image_features and not 0 < self.image_codes <= self.vocab_size:
+            raise ValueError(
+                f"bad model config: image_features needs 0 < image_codes <= vocab_size "
+                f"({self.vocab_size}), got image_codes {self.image_codes}"
+            )
+
+
+PRESETS: dict[str, Architecture] = {
     # tests: a few thousand parameters per block
-    "tiny": ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256),
+    "tiny": Architecture(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256),
     # the CPU demo on shapes code shards
-    "shapes": ModelConfig(dim=192, n_layers=4, n_heads=3, max_seq_len=256),
+    "shapes": Architecture(dim=192, n_layers=4, n_heads=3, max_seq_len=256),
     # GPU runs (parameter counts exclude the embeddings, whose size depends on the vocabulary)
-    "100m": ModelConfig(dim=768, n_layers=12, n_heads=12, max_seq_len=4096, qk_norm=True, z_loss=1e-5),
-    "300m": ModelConfig(
+    "100m": Architecture(dim=768, n_layers=12, n_heads=12, max_seq_len=4096, qk_norm=True, z_loss=1e-5),
+    "300m": Architecture(
         dim=1024, n_layers=24, n_heads=16, n_kv_heads=8, max_seq_len=4096, qk_norm=True, z_loss=1e-5
     ),
-    "1b": ModelConfig(
+    "1b": Architecture(
         dim=2048, n_layers=18, n_heads=16, n_kv_heads=8, max_seq_len=4096, qk_norm=True, z_loss=1e-5
     ),
 }
@@ -281,15 +306,6 @@ class Transformer(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.vocab_size < 1:
-            raise ValueError("ModelConfig.vocab_size is 0: set it from the vocabulary (Vocab.size) first")
-        if min(config.image_positions, config.image_features) < 0 or (
-            config.image_features and not 0 < config.image_codes <= config.vocab_size
-        ):
-            raise ValueError(
-                f"image_positions {config.image_positions}, image_features {config.image_features} and "
-                f"image_codes {config.image_codes} must be resolved from the VQ first (OmniLitModule does it)"
-            )
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.dim)
         self.image_position = (
@@ -346,7 +362,6 @@ class Transformer(nn.Module):
         self,
         tokens: torch.Tensor,
         vis: Visibility | None = None,
-        targets: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         start: int = 0,
@@ -359,7 +374,6 @@ class Transformer(nn.Module):
         `cache`, keys and values of [start, start+T) are stored and [0, start) are read from it.
         `image_index` (B, T) is each token's index inside its image block, -1 outside images
         (needed when the config has `image_positions`; default: no image tokens).
-        With `targets`, returns (logits, loss).
         """
         b, t = tokens.shape
         if start + t > self.config.max_seq_len:
@@ -396,13 +410,7 @@ class Transformer(nn.Module):
                 weight.dtype
             )  # (k, dim)
             weight = torch.cat([weight[:-k], weight[-k:] + looks])
-        logits = F.linear(h, weight)  # (B, T, V)
-        if targets is None:
-            return logits
-        losses = token_losses(logits, targets)
-        if losses.ce.numel() == 0:
-            return logits, logits.sum() * 0.0
-        return logits, losses.ce.mean() + self.config.z_loss * losses.lse_sq.mean()
+        return F.linear(h, weight)  # (B, T, V)
 
     def _image_position_embedding(self, image_index: torch.Tensor) -> torch.Tensor:
         inside = image_index >= 0
@@ -420,21 +428,3 @@ class Transformer(nn.Module):
         return self.image_position(image_index.clamp_min(0)) * inside[..., None].to(
             self.embedding.weight.dtype
         )
-
-
-class TokenLosses(NamedTuple):
-    """Per-target-position values, 1-D in row-major order over positions whose target is not IGNORE."""
-
-    ce: torch.Tensor  # cross-entropy (fp32)
-    lse_sq: torch.Tensor  # squared log-partition, for the z-loss (fp32)
-    correct: torch.Tensor  # argmax == target (bool)
-
-
-def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> TokenLosses:
-    """Cross-entropy, squared log-partition and argmax accuracy where a target is set."""
-    keep = targets != IGNORE
-    selected = logits[keep].float()  # (N, V)
-    wanted = targets[keep]
-    lse = selected.logsumexp(-1)
-    ce = lse - selected.gather(-1, wanted[:, None]).squeeze(-1)
-    return TokenLosses(ce, lse.square(), selected.argmax(-1) == wanted)

@@ -30,17 +30,17 @@ from omni.data.images import load_rgb, to_pil, to_tensor
 from omni.generate import (
     GENERATION_DEFAULTS,
     GENERATION_RULES,
-    Prompt,
-    decode_text,
     generate_images_ar,
     generate_images_mask,
+    generate_text,
     seeded_generator,
 )
+from omni.grammar import Grammar, Prompt
 from omni.model import Transformer
 from omni.tokenizers.export import VQFolderError, load_vq
 from omni.tokenizers.text import TextTokenizer
 from omni.tokenizers.vqgan import VQModel
-from omni.vocab import Vocab, VocabError
+from omni.vocab import Vocab
 
 log = logging.getLogger("omni")
 
@@ -63,8 +63,11 @@ class OmniPipeline:
     @property
     def grid(self) -> int:
         """Image tokens per image."""
-        side = self.vq.config.resolution // self.vq.config.downsample
-        return side * side
+        return self.vq.config.grid**2
+
+    @property
+    def grammar(self) -> Grammar:
+        return Grammar(self.vocab)
 
     def _option(self, name: str, value):
         """A sampling option: the call's value, else the folder's default, checked either way."""
@@ -133,14 +136,6 @@ class OmniPipeline:
         except (OSError, ValueError) as e:
             raise ValueError(f"mask {path} cannot be read as an image: {e}") from e
 
-    def _image_prompt(self, codes: torch.Tensor, task: str, question: list[int] | None = None) -> Prompt:
-        s = self.vocab.special
-        image = self.vocab.image_ids(codes).tolist()
-        ids = [s(task), s("boi"), *image, s("eoi"), s("bos")]
-        if question is not None:
-            ids += [*question, s("sep")]
-        return Prompt(ids, image=(2, 2 + len(image)))
-
     def _generator(self, seed: int) -> torch.Generator:
         return seeded_generator(seed, self.device)
 
@@ -151,7 +146,7 @@ class OmniPipeline:
             raise ValueError(
                 f"the prompt fills the model's {self.model.config.max_seq_len} positions; shorten it"
             )
-        ids = decode_text(
+        ids = generate_text(
             self.model,
             self.vocab,
             prompts,
@@ -192,7 +187,8 @@ class OmniPipeline:
     ) -> list[str]:
         """Images -> captions (greedy by default)."""
         codes = self.vq.encode(self._images(images))
-        return self._decode([self._image_prompt(c, "mmu") for c in codes], max_new_tokens, temperature, seed)
+        prompts = [self.grammar.prompt("caption", image=c.tolist()) for c in codes]
+        return self._decode(prompts, max_new_tokens, temperature, seed)
 
     @torch.no_grad()
     def answer(
@@ -211,9 +207,9 @@ class OmniPipeline:
             raise ValueError(
                 f"got {len(codes)} images but {len(questions)} questions; give one question per image"
             )
-        budget = self.model.config.max_seq_len - self.grid - 8
+        budget = self._text_room("vqa")
         prompts = [
-            self._image_prompt(c, "vqa", self._text_ids(q, budget, "question"))
+            self.grammar.prompt("vqa", image=c.tolist(), question=self._text_ids(q, budget, "question"))
             for c, q in zip(codes, questions)
         ]
         return self._decode(prompts, max_new_tokens, temperature, seed)
@@ -229,10 +225,9 @@ class OmniPipeline:
     ) -> list[str]:
         """Text -> its continuation (the prompt itself is not repeated)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        s = self.vocab.special
-        budget = self.model.config.max_seq_len - 3
-        ids = [[s("lm"), s("bos"), *self._text_ids(p, budget, "prompt")] for p in prompts]
-        return self._decode([Prompt(i) for i in ids], max_new_tokens, temperature, seed)
+        budget = self._text_room("lm")
+        ids = [self.grammar.prompt("lm", answer_start=self._text_ids(p, budget, "prompt")) for p in prompts]
+        return self._decode(ids, max_new_tokens, temperature, seed)
 
     @torch.no_grad()
     def inpaint(
@@ -283,9 +278,11 @@ class OmniPipeline:
 
     def _t2i_ids(self, prompt: str) -> list[int]:
         """A text-to-image prompt's ids, within what the sequence leaves beside the image."""
-        return self._text_ids(
-            prompt, self.model.config.max_seq_len - self.grid - 6, "prompt"
-        )  # t2i bos eos boi eoi
+        return self._text_ids(prompt, self._text_room("t2i"), "prompt")
+
+    def _text_room(self, task: str) -> int:
+        """Prompt text tokens that fit beside `task`'s template and image (omni.grammar)."""
+        return self.grammar.text_room(task, self.model.config.max_seq_len, self.grid)
 
     def _image_codes(self, captions, steps, guidance, temperature, generator, initial=None) -> torch.Tensor:
         """Codes (B, grid) by the model's generation mode, with this folder's defaults for options left None."""
@@ -317,8 +314,7 @@ class OmniPipeline:
 
     def _region_codes(self, region) -> torch.Tensor:
         """(side, side) bool: the codes a pixel box or mask touches."""
-        res, f = self.vq.config.resolution, self.vq.config.downsample
-        side = res // f
+        res, f, side = self.vq.config.resolution, self.vq.config.downsample, self.vq.config.grid
         if isinstance(region, (tuple, list)) and len(region) == 4:
             x0, y0, x1, y1 = (int(round(v)) for v in region)
             if x1 <= x0 or y1 <= y0:
@@ -359,22 +355,14 @@ def usable_device(device: str | torch.device) -> torch.device:
 def load_pretrained(
     folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> OmniPipeline:
-    """Load a model folder written by `train.py` (see omni.checkpoint for its layout)."""
+    """Load a model folder written by `omni train` (see omni.checkpoint for its layout)."""
     folder = Path(folder)
     device = usable_device(device)
     meta = read_config(folder)
-    vocab: Vocab = meta["vocab"]
-    tokenizer_path = folder / "tokenizer.json"
-    if not tokenizer_path.is_file():
-        raise ModelFolderError(f"{tokenizer_path} not found; re-copy the whole model folder")
+    assets = check_release_parts(folder, meta)
     try:
-        tokenizer = TextTokenizer.from_file(tokenizer_path)
         vq = load_vq(folder / "vq", device=device)
-        vocab.check(
-            tokenizer, vq.config.codebook_size, text_name=str(tokenizer_path), vq_name=str(folder / "vq")
-        )
-    except (ValueError, VQFolderError, VocabError) as e:
+    except VQFolderError as e:
         raise ModelFolderError(str(e)) from e
-    check_release_parts(folder, meta, vq.config)
-    model = load_model(folder, device=device, dtype=dtype)
-    return OmniPipeline(model, vocab, tokenizer, vq, dict(meta["generation"]), folder)
+    model = load_model(folder, device=device, dtype=dtype, config=meta["model"])
+    return OmniPipeline(model, meta["vocab"], assets.tokenizer, vq, dict(meta["generation"]), folder)

@@ -11,6 +11,10 @@ it, before any work is done and again just before the swap; nothing is moved or 
 swap (two renames and removing the old copy) runs with SIGINT/SIGTERM deferred, so Ctrl-C never
 leaves half of an old release behind.
 
+Reading is shared too: `read_release_config` (the folder, its config.json, format and version)
+and `load_strict` (weights that match the module exactly and hold finite numbers) serve the
+model folder (omni.checkpoint) and the VQ folder (omni.tokenizers.export) alike.
+
 `RunOutputs` is what a training run adds: a run id kept in its checkpoints, and the checks made
 when training starts (a fresh run never takes over another run's release or checkpoints).
 """
@@ -94,6 +98,64 @@ def save_tensors(path: str | Path, tensors: dict) -> None:
     from safetensors.torch import save_file  # here: the folder guard itself needs no torch
 
     save_file(tensors, str(path), metadata=SAFETENSORS_METADATA)
+
+
+def read_release_config(
+    folder: str | Path, fmt: str, version: int, error: type[Exception], train_hint: str
+) -> dict:
+    """The config.json of a release folder written in format `fmt` (versions 1 to `version`), as a
+    dict; `error` naming the file and the fix when the folder, the file, its JSON or its format is
+    wrong. `train_hint` says how to make such a folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        old = folder.with_name(f".{folder.name}.old")
+        hint = (
+            f"; {old} holds the previous release left by an interrupted save: rename it to {folder}"
+            if old.is_dir()
+            else f"; {train_hint}"
+        )
+        raise error(f"{folder} does not exist{hint}")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise error(f"{path} not found: is {folder} an {fmt} folder? ({train_hint})")
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+        raise error(f"{path} is not valid JSON ({str(e)[:200]}); re-export it") from e
+    if not isinstance(raw, dict) or raw.get("format") != fmt:
+        raise error(f'{path} is not an {fmt} config (expected "format": "{fmt}")')
+    found = raw.get("format_version", version)
+    if not isinstance(found, int) or isinstance(found, bool) or not 1 <= found <= version:
+        raise error(
+            f"{path}: format_version {found!r} is not one this Omni reads (1 to {version}); "
+            f"a newer Omni wrote it: upgrade omni-multimodal"
+        )
+    return raw
+
+
+def load_strict(module, state: dict, weights: str, config: str, error: type[Exception]) -> None:
+    """Load `state` into `module` strictly (assigning the tensors); `error` naming the files when
+    names or shapes differ, or a tensor holds NaN or inf (a diverged run, a broken copy)."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad_shapes = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or bad_shapes:
+        raise error(
+            f"the weights in {weights} do not match {config}: missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, wrong shapes {bad_shapes[:5]}; the files come from different models, re-export"
+        )
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not tensor.isfinite().all():
+            raise error(
+                f"the weights in {weights}: {name} holds NaN or inf values; the model is damaged (a run that "
+                f"diverged, or a broken copy): re-export it from a good checkpoint"
+            )
+    module.load_state_dict(state, strict=True, assign=True)
 
 
 @contextmanager

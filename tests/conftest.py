@@ -1,13 +1,16 @@
-"""Shared fixtures; tests marked `cuda` are skipped without a CUDA device."""
+"""Shared fixtures and helpers; tests marked `cuda` are skipped without a CUDA device."""
 
 from __future__ import annotations
 
-import dataclasses
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import webdataset as wds
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +40,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
     """A small shapes dataset at 32 px: 3 train shards of 100, 1 val shard of 50."""
-    from omni.data.shapes import build
+    from omni.shapes.render import build
 
     out = tmp_path_factory.mktemp("shapes")
     build(out, train=300, val=50, size=32, seed=0, per_shard=100, progress=False)
@@ -52,8 +55,9 @@ def model_assets(shapes_dir, tmp_path_factory):
 
     import webdataset as wds
 
+    from omni.data.codes import record_encoded_shard
     from omni.tokenizers import VQConfig, VQModel, save_vq
-    from omni.tokenizers.codes import encode_shard, record_encoded_shard
+    from omni.tokenizers.encode import encode_shard
     from omni.tokenizers.export import vq_fingerprint
     from omni.tokenizers.text import TextTokenizer, train_bpe
 
@@ -73,7 +77,14 @@ def model_assets(shapes_dir, tmp_path_factory):
     for shard in sorted(shapes_dir.glob("*.tar")):
         counts = encode_shard(vq, str(shard), codes / shard.name)
         record_encoded_shard(
-            codes, shard.name, vq=out / "vq", fingerprint=fingerprint, source=str(shard), counts=counts
+            codes,
+            shard.name,
+            vq=out / "vq",
+            fingerprint=fingerprint,
+            grid=vq.config.grid,
+            codebook_size=vq.config.codebook_size,
+            source=str(shard),
+            counts=counts,
         )
     return SimpleNamespace(root=out, tokenizer=out / "tokenizer.json", vq=out / "vq", codes=codes)
 
@@ -81,25 +92,22 @@ def model_assets(shapes_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_releases(model_assets, tmp_path_factory) -> dict[str, Path]:
     """Release folders of an untrained tiny model over `model_assets`, one per image mode."""
+    from omni.assets import Assets
     from omni.checkpoint import save_pretrained
-    from omni.lit import resolve_image_fields
-    from omni.model import ModelConfig, Transformer
-    from omni.tokenizers.text import TextTokenizer
-    from omni.vocab import Vocab
+    from omni.model import Architecture, Transformer
 
     root = tmp_path_factory.mktemp("releases")
-    vocab = Vocab.build(TextTokenizer.from_file(model_assets.tokenizer), codebook_size=64)
+    assets = Assets.load(model_assets.tokenizer, model_assets.vq)
     folders = {}
     for mode in ("mask", "ar"):
         torch.manual_seed(0)
-        config = ModelConfig.from_name("tiny", vocab_size=vocab.size, image_generation=mode)
-        appearance = None
-        if mode == "ar":  # the demo's image fields, taken from the VQ as training does
-            config = dataclasses.replace(config, image_positions=-1, image_features=-1)
-            config, appearance = resolve_image_fields(config, vocab, str(model_assets.vq))
-        model = Transformer(config)
-        if appearance is not None:
-            model.code_features.copy_(appearance)
+        image_fields = mode == "ar"  # the demo's image fields, taken from the VQ as training does
+        architecture = Architecture.from_name(
+            "tiny", image_generation=mode, image_positions=image_fields, image_features=image_fields
+        )
+        model = Transformer(assets.model_config(architecture))
+        if image_fields:
+            model.code_features.copy_(assets.code_appearance())
             torch.nn.init.normal_(model.code_readout.weight, std=0.02)  # zero at init: make it matter
         generation = {"mask_steps": 3, "max_new_tokens": 6}
         folders[mode] = root / mode
@@ -107,12 +115,19 @@ def tiny_releases(model_assets, tmp_path_factory) -> dict[str, Path]:
             folders[mode],
             model.state_dict(),
             model.config,
-            vocab,
-            model_assets.tokenizer,
-            model_assets.vq,
+            assets,
             generation,
         )
     return folders
+
+
+def tiny_model(model_assets, **architecture):
+    """An untrained tiny Transformer over `model_assets` and those assets (omni.assets.Assets)."""
+    from omni.assets import Assets
+    from omni.model import Architecture, Transformer
+
+    assets = Assets.load(model_assets.tokenizer, model_assets.vq)
+    return Transformer(assets.model_config(Architecture.from_name("tiny", **architecture))), assets
 
 
 def tiny_train_command(assets, out: Path, *extra: str) -> list[str]:
@@ -151,6 +166,12 @@ def tiny_train_command(assets, out: Path, *extra: str) -> list[str]:
     ]
 
 
+def checkpoint_callback(cfg: dict) -> dict:
+    """The ModelCheckpoint entry of a config's trainer.callbacks."""
+    (found,) = [c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    return found
+
+
 def tiny_vq_config(tmp_path: Path, shapes_dir: Path, **data_overrides) -> str:
     """configs/shapes/vq.yaml shrunk to 100 steps of a 64-code VQ on `shapes_dir`, under tmp_path.
 
@@ -169,9 +190,7 @@ def tiny_vq_config(tmp_path: Path, shapes_dir: Path, **data_overrides) -> str:
         enable_progress_bar=False,
     )
     cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(run)
-    cfg["trainer"]["callbacks"][0]["init_args"].update(
-        dirpath=str(run / "checkpoints"), every_n_train_steps=50
-    )
+    checkpoint_callback(cfg)["init_args"].update(dirpath=str(run / "checkpoints"), every_n_train_steps=50)
     cfg["model"]["vq"].update(channels=16, codebook_size=64, restart_every=10)
     cfg["model"].update(export_dir=str(tmp_path / "vq"), warmup_steps=5)
     cfg["data"].update(
@@ -184,3 +203,46 @@ def tiny_vq_config(tmp_path: Path, shapes_dir: Path, **data_overrides) -> str:
     path = tmp_path / "vq.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
+
+
+# Shared sample makers (the loader tests and the bad-input catalogue both use them).
+
+
+def png_bytes(img: Image.Image, fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_shard(path, samples):
+    with wds.TarWriter(str(path)) as sink:
+        for s in samples:
+            sink.write(s)
+
+
+def good(i):
+    from omni.shapes.render import make_sample
+
+    _, text, qa, png, _ = make_sample(0, "train", i, 32)
+    return {
+        "__key__": f"good{i:04d}",
+        "png": png,
+        "txt": text.encode(),
+        "json": json.dumps({"qa": qa}).encode(),
+    }
+
+
+def odd_images():
+    rgba = Image.new("RGBA", (32, 32), (255, 0, 0, 0))
+    rgba.paste((0, 255, 0, 255), (8, 8, 24, 24))
+    grey16 = Image.fromarray((np.arange(64 * 48).reshape(48, 64) * 20).astype(np.uint16))
+    palette = Image.new("RGB", (40, 40), (0, 0, 255)).convert("P", palette=Image.ADAPTIVE)
+    return {
+        "rgba": rgba,
+        "grey": Image.new("L", (32, 32), 128),
+        "grey16": grey16,
+        "palette": palette,
+        "cmyk": Image.new("CMYK", (32, 32), (0, 255, 255, 0)),
+        "tiny": Image.new("RGB", (1, 1), (255, 255, 0)),
+        "wide": Image.new("RGB", (10000, 10), (0, 255, 255)),
+    }

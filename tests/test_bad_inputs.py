@@ -16,12 +16,10 @@ import sys
 import numpy as np
 import pytest
 import webdataset as wds
-from conftest import REPO, tiny_train_command
+from conftest import REPO, good, odd_images, png_bytes, tiny_model, tiny_train_command
 from PIL import Image
-from test_loader import good, odd_images, png_bytes
 
-sys.path.insert(0, str(REPO))
-import sample  # noqa: E402  (the entry script at the repository root)
+from omni.commands import main as omni
 
 ODD = ["rgba", "grey16", "grey", "tiny", "wide"]  # RGBA, 16-bit, greyscale, 1x1, 10000x10
 
@@ -233,7 +231,7 @@ def release(tiny_releases, tmp_path):
 
 
 def sample_run(capsys, *argv) -> tuple[int, str]:
-    code = sample.main([str(a) for a in argv])
+    code = omni(["sample", *(str(a) for a in argv)])
     return code, capsys.readouterr().err
 
 
@@ -411,13 +409,9 @@ def test_ctrl_c_during_a_release_swap_finishes_the_swap_first(model_assets, monk
 
     import omni.release
     from omni.checkpoint import load_model, save_pretrained
-    from omni.model import ModelConfig, Transformer
-    from omni.tokenizers.text import TextTokenizer
-    from omni.vocab import Vocab
 
-    vocab = Vocab.build(TextTokenizer.from_file(model_assets.tokenizer), codebook_size=64)
-    model = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size))
-    args = (model.config, vocab, model_assets.tokenizer, model_assets.vq)
+    model, assets = tiny_model(model_assets)
+    args = (model.config, assets)
     folder = save_pretrained(tmp_path / "model", model.state_dict(), *args, run="r1")
     real_rename = os.rename
 
@@ -448,9 +442,10 @@ def test_a_release_is_never_ahead_of_its_checkpoint(model_assets, monkeypatch, t
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    import omni.lit
-    from omni.lit import OmniDataModule, OmniLitModule
-    from omni.model import ModelConfig
+    import omni.training.module
+    from omni.model import Architecture
+    from omni.training.datamodule import OmniDataModule
+    from omni.training.module import OmniLitModule
 
     data = OmniDataModule(
         train_shards=str(model_assets.codes / "train-*.tar"),
@@ -461,22 +456,20 @@ def test_a_release_is_never_ahead_of_its_checkpoint(model_assets, monkeypatch, t
         batches_per_epoch=100,
     )
     lit = OmniLitModule(
-        ModelConfig.from_name("tiny", max_seq_len=128),
-        vocab=data.vocab,
-        tokenizer=str(model_assets.tokenizer),
-        vq=str(model_assets.vq),
+        Architecture.from_name("tiny", max_seq_len=128),
+        assets=data.assets,
         export_dir=str(tmp_path / "model"),
     )
     checkpoints = tmp_path / "checkpoints"
     seen = []
-    real_save = omni.lit.save_pretrained
+    real_save = omni.training.module.save_pretrained
 
     def checking_save(folder, *args, extra=None, **kwargs):
         step = extra["trained_steps"]
         seen.append((step, (checkpoints / f"epoch=0-step={step}.ckpt").is_file()))
         return real_save(folder, *args, extra=extra, **kwargs)
 
-    monkeypatch.setattr(omni.lit, "save_pretrained", checking_save)
+    monkeypatch.setattr(omni.training.module, "save_pretrained", checking_save)
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=5,
@@ -496,19 +489,13 @@ def test_an_index_naming_files_outside_the_release(model_assets, tmp_path, entry
     import torch
 
     from omni.checkpoint import INDEX, ModelFolderError, load_model, save_pretrained
-    from omni.model import ModelConfig, Transformer
-    from omni.tokenizers.text import TextTokenizer
-    from omni.vocab import Vocab
 
-    vocab = Vocab.build(TextTokenizer.from_file(model_assets.tokenizer), codebook_size=64)
-    model = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size))
+    model, assets = tiny_model(model_assets)
     folder = save_pretrained(
         tmp_path / "model",
         model.state_dict(),
         model.config,
-        vocab,
-        model_assets.tokenizer,
-        model_assets.vq,
+        assets,
         max_shard_bytes=100_000,
     )
     from safetensors.torch import save_file
@@ -645,7 +632,7 @@ def test_damaged_weights(release, tmp_path, capsys, damage):
 )
 def test_nonsensical_sampling_flags(release, tmp_path, capsys, flag, value, phrase):
     with pytest.raises(SystemExit) as e:
-        sample.main(["t2i", "--model", str(release), "--out", str(tmp_path / "o"), flag, value, "x"])
+        omni(["sample", "t2i", "--model", str(release), "--out", str(tmp_path / "o"), flag, value, "x"])
     assert e.value.code == 2 and phrase in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
@@ -674,10 +661,10 @@ def test_a_device_that_is_not_there(release, tmp_path, capsys, device, phrase):
 
 def test_an_image_that_is_a_folder_or_a_decompression_bomb(release, tmp_path, capsys, monkeypatch):
     (tmp_path / "folder.png").mkdir()
-    with pytest.raises(SystemExit, match="a folder, not an image file"):
-        sample.main(
-            ["caption", "--model", str(release), "--out", str(tmp_path / "o"), str(tmp_path / "folder.png")]
-        )
+    code, err = sample_run(
+        capsys, "caption", "--model", release, "--out", tmp_path / "o", tmp_path / "folder.png"
+    )
+    assert code == 2 and "a folder, not an image file" in err
     Image.new("RGB", (100, 100)).save(tmp_path / "huge.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels > 2x the limit: a "bomb"
     code, err = sample_run(
@@ -798,14 +785,10 @@ def test_a_release_left_aside_by_a_killed_save_is_never_deleted(model_assets, tm
     """kill -9 between the swap's two renames leaves the only copy in .NAME.old: the next save
     must not delete it (it used to, unchecked)."""
     from omni.checkpoint import save_pretrained
-    from omni.model import ModelConfig, Transformer
     from omni.release import FolderGuardError
-    from omni.tokenizers.text import TextTokenizer
-    from omni.vocab import Vocab
 
-    vocab = Vocab.build(TextTokenizer.from_file(model_assets.tokenizer), codebook_size=64)
-    model = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size))
-    args = (model.state_dict(), model.config, vocab, model_assets.tokenizer, model_assets.vq)
+    model, assets = tiny_model(model_assets)
+    args = (model.state_dict(), model.config, assets)
     folder = save_pretrained(tmp_path / "model", *args, run="r1")
     folder.rename(tmp_path / ".model.old")  # where the kill left it
     before = digest(tmp_path / ".model.old")

@@ -7,12 +7,13 @@ import torch
 
 from omni.generate import (
     Prompt,
-    decode_text,
     generate_images_ar,
     generate_images_mask,
+    generate_text,
     mask_schedule,
     sample,
 )
+from omni.grammar import Grammar
 from omni.model import ModelConfig, Transformer
 from omni.tokenizers.text import TextTokenizer
 from omni.vocab import Vocab
@@ -47,25 +48,24 @@ def setup(model_assets):
     return tok, vocab, models
 
 
-def mmu_prompt(vocab, codes, question=None, tok=None):
-    s = vocab.special
-    ids = [s("mmu"), s("boi"), *vocab.image_ids(torch.tensor(codes)).tolist(), s("eoi"), s("bos")]
+def image_prompt(vocab, codes, question=None, tok=None):
+    """A caption prompt of `codes`, or with a question a vqa prompt (omni.grammar)."""
     if question:
-        ids = [s("vqa"), *ids[1:], *tok.encode(question), s("sep")]
-    return Prompt(ids, image=(2, 2 + len(codes)))
+        return Grammar(vocab).prompt("vqa", image=codes, question=tok.encode(question))
+    return Grammar(vocab).prompt("caption", image=codes)
 
 
 def test_text_decoding_is_padding_correct_and_kv_cache_equals_recomputation(setup):
     tok, vocab, models = setup
     model = models["mask"]
     prompts = [
-        mmu_prompt(vocab, list(range(GRID))),
-        mmu_prompt(vocab, list(range(5, 5 + GRID)), "what color is the circle?", tok),
+        image_prompt(vocab, list(range(GRID))),
+        image_prompt(vocab, list(range(5, 5 + GRID)), "what color is the circle?", tok),
         Prompt([vocab.special("lm"), vocab.special("bos"), *tok.encode("a red")]),
     ]
-    cached = decode_text(model, vocab, prompts, max_new_tokens=10)
-    recomputed = decode_text(model, vocab, prompts, max_new_tokens=10, use_cache=False)
-    alone = [decode_text(model, vocab, [p], max_new_tokens=10)[0] for p in prompts]
+    cached = generate_text(model, vocab, prompts, max_new_tokens=10)
+    recomputed = generate_text(model, vocab, prompts, max_new_tokens=10, use_cache=False)
+    alone = [generate_text(model, vocab, [p], max_new_tokens=10)[0] for p in prompts]
     assert cached == recomputed == alone
     allowed = vocab.text_id_mask()
     assert all(allowed[t] and t != vocab.special("eos") for row in cached for t in row)
@@ -128,9 +128,9 @@ def test_a_generator_on_another_device_than_the_model_is_a_clear_error(setup):
 
     tok, vocab, models = setup
     elsewhere = SimpleNamespace(device=torch.device("cuda", 0))
-    prompt = [mmu_prompt(vocab, [1] * GRID)]
+    prompt = [image_prompt(vocab, [1] * GRID)]
     calls = [
-        lambda g: decode_text(models["mask"], vocab, prompt, max_new_tokens=2, generator=g),
+        lambda g: generate_text(models["mask"], vocab, prompt, max_new_tokens=2, generator=g),
         lambda g: generate_images_mask(models["mask"], vocab, [[5]], GRID, steps=2, generator=g),
         lambda g: generate_images_ar(models["ar"], vocab, [[5]], GRID, generator=g),
     ]

@@ -57,7 +57,10 @@ def test_wheel_holds_only_omni_with_its_license_and_version(tmp_path):
     assert "omni" in tops
     assert {t for t in tops if not t.endswith(".dist-info")} == {"omni"}, tops
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.startswith("omni/eval/") for n in names)
+    assert any(n.startswith("omni/shapes/") for n in names)
+    # The `omni` command comes with the package: a pip install without the checkout has every command.
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    assert "omni = omni.commands:main" in zipfile.ZipFile(wheel).read(entry_points).decode().splitlines()
     # Packaging: an SPDX license string with its file, the version from omni.__version__, and
     # xformers only as an extra (its wheels pin torch, so a dependency could replace a CUDA torch).
     import omni
@@ -77,14 +80,13 @@ def test_only_our_own_input_errors_lose_their_traceback(capsys):
     import pytest
 
     from omni.data.shards import expand_shards
-    from omni.errors import report_user_errors
+    from omni.errors import run_command
 
-    with pytest.raises(SystemExit) as e:
-        report_user_errors(lambda: expand_shards("no/such-*.tar"))
-    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: no shards match 'no/such-*.tar'")
+    assert run_command(lambda argv: expand_shards("no/such-*.tar")) == 2
+    assert capsys.readouterr().err.startswith("error: no shards match 'no/such-*.tar'")
     # Raised outside omni (here by int() in this file): a bug, so the traceback stays.
     with pytest.raises(ValueError, match="invalid literal"):
-        report_user_errors(lambda: int("x"))
+        run_command(lambda argv: int("x"))
 
 
 def test_constraints_pin_every_package_the_project_installs():
@@ -132,3 +134,84 @@ def test_constraints_pin_every_package_the_project_installs():
     assert not drifted, (
         f"installed != pinned: {drifted}; reinstall with make, or refresh with `make constraints`"
     )
+
+
+def import_graph() -> dict[str, set[str]]:
+    """omni's modules -> the omni modules each imports (lazy imports inside functions included)."""
+    import ast
+
+    modules = {}
+    for path in (REPO / "omni").rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            found |= {t for t in targets if t in modules and t != name}
+        graph[name] = found
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles_between_modules_or_packages():
+    """Each package stands on the ones below it: a cycle means two ideas have no single home."""
+    graph = import_graph()
+    assert cycles(graph) == []
+
+    def package(module: str) -> str:  # omni.data.loader -> omni.data; omni.model -> omni.model
+        parts = module.split(".")
+        return ".".join(parts[:2])
+
+    packages: dict[str, set[str]] = {}
+    for module, imported in graph.items():
+        packages.setdefault(package(module), set()).update(package(m) for m in imported)
+    packages = {p: deps - {p} for p, deps in packages.items()}
+    assert cycles(packages) == []
+    # The model is the core: it imports nothing from training, data, the grammar or the shapes world.
+    assert not {m for m in graph["omni.model"] if not m.startswith(("omni.attention", "omni.checks"))}
+    # The tokenizer package is general: the shapes world plugs into it, never the other way round.
+    assert not any(
+        m.startswith("omni.shapes") for t, ms in graph.items() if t.startswith("omni.tokenizers") for m in ms
+    )
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from omni.attention import Visibility
-from omni.data.tasks import Packer, TaskBuilder
-from omni.model import PRESETS, KVCache, ModelConfig, Transformer, token_losses
+from omni.data.packing import Packer, TaskBuilder
+from omni.model import PRESETS, Architecture, KVCache, ModelConfig, Transformer
 from omni.tokenizers.text import TextTokenizer
+from omni.training.loss import token_losses, training_loss
 from omni.vocab import Vocab
 
 
@@ -22,8 +23,9 @@ def test_config_validation_and_presets():
         ModelConfig(image_generation="diffusion")
     with pytest.raises(ValueError, match="unknown model preset"):
         ModelConfig.from_name("7b")
-    with pytest.raises(ValueError, match="vocab_size is 0"):
-        Transformer(ModelConfig())
+    with pytest.raises(ValueError, match="model.vocab_size must be >= 1"):
+        ModelConfig()  # a complete config: the vocabulary's size is a fact, not a placeholder
+    assert Architecture.from_name("shapes").dim == 192  # what a training config chooses
     counts = {}
     for name in PRESETS:
         vocab_size = 1024 if name in ("tiny", "shapes") else 32768
@@ -35,7 +37,13 @@ def test_config_validation_and_presets():
     assert 0.9e8 < counts["100m"] < 1.5e8 and 0.8e9 < counts["1b"] < 1.3e9
 
 
-def tiny_batch(model_assets, mode: str, seed: int = 0, tasks=("t2i", "mmu")):
+def loss_of(model, batch, vis, **kwargs):
+    """The training loss (omni.training.loss) of `model` on a packed batch."""
+    logits = model(batch["tokens"], vis, positions=batch["positions"], **kwargs)
+    return training_loss(logits, batch["targets"], batch["task"], z_loss=model.config.z_loss)[0]
+
+
+def tiny_batch(model_assets, mode: str, seed: int = 0, tasks=("t2i", "caption")):
     tok = TextTokenizer.from_file(model_assets.tokenizer)
     vocab = Vocab.build(tok, codebook_size=64)
     b = TaskBuilder(vocab, tok, mode, caption_dropout=0.0)
@@ -44,7 +52,8 @@ def tiny_batch(model_assets, mode: str, seed: int = 0, tasks=("t2i", "mmu")):
     docs = []
     for i, caption in enumerate(captions):
         codes = [(7 * i + j) % 64 for j in range(16)]
-        docs += [b.t2i(codes, caption, rng)] * ("t2i" in tasks) + [b.mmu(codes, caption)] * ("mmu" in tasks)
+        sample = {"key": str(i), "codes": codes, "text": caption, "qa": []}
+        docs += [b.build(sample, task, rng) for task in tasks]
     packer = Packer(seq_len=96, batch_size=8, pad_id=vocab.special("pad"))
     batches = [x for d in docs for x in packer.add(d)] + packer.flush()
     return vocab, batches[0]
@@ -61,7 +70,7 @@ def test_loss_falls_on_a_tiny_batch(model_assets, mode):
     vis = Visibility(batch["doc"], batch["last"])
     losses = []
     for _ in range(40):
-        _, loss = model(batch["tokens"], vis, targets=batch["targets"], positions=batch["positions"])
+        loss = loss_of(model, batch, vis)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -99,8 +108,10 @@ def test_image_positions_and_code_appearance_table(model_assets):
     vis = Visibility(batch["doc"], batch["last"])
     base = ModelConfig.from_name("tiny", vocab_size=vocab.size)
     config = dataclasses.replace(base, image_positions=16, image_codes=64, image_features=12)
-    with pytest.raises(ValueError, match="resolved from the VQ first"):
-        Transformer(dataclasses.replace(config, image_features=-1))
+    with pytest.raises(ValueError, match="image_features must be >= 0"):
+        dataclasses.replace(config, image_features=-1)  # no placeholders: omni.assets resolves them
+    with pytest.raises(ValueError, match="image_features needs 0 < image_codes"):
+        dataclasses.replace(config, image_codes=0)
     plain, model = Transformer(base).eval(), Transformer(config).eval()
     model.load_state_dict(plain.state_dict(), strict=False)
     model.code_features.normal_()
@@ -138,7 +149,7 @@ def test_activation_checkpointing_gives_the_same_gradients(model_assets):
     for flag in (False, True):
         model.zero_grad()
         model.activation_checkpointing = flag
-        model(batch["tokens"], vis, targets=batch["targets"], positions=batch["positions"])[1].backward()
+        loss_of(model, batch, vis).backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
 
@@ -164,14 +175,14 @@ def test_gpu_backends_agree_in_the_model_and_bf16_trains(model_assets):
     batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
     vis = Visibility(batch["doc"], batch["last"])
     reference = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size, attention="sdpa")).cuda()
-    _, loss = reference(batch["tokens"], vis, targets=batch["targets"], positions=batch["positions"])
+    loss = loss_of(reference, batch, vis)
     loss.backward()
     for backend in available_backends("cuda"):
         if backend == "sdpa":
             continue
         other = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size, attention=backend)).cuda()
         other.load_state_dict(reference.state_dict())
-        _, loss2 = other(batch["tokens"], vis, targets=batch["targets"], positions=batch["positions"])
+        loss2 = loss_of(other, batch, vis)
         loss2.backward()
         assert torch.allclose(loss, loss2, atol=1e-4), backend
         for (name, a), b in zip(reference.named_parameters(), other.parameters()):
@@ -183,7 +194,7 @@ def test_gpu_backends_agree_in_the_model_and_bf16_trains(model_assets):
     losses = []
     for _ in range(30):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            _, loss = model(batch["tokens"], vis, targets=batch["targets"], positions=batch["positions"])
+            loss = loss_of(model, batch, vis)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -141,3 +141,27 @@ def test_every_direction_samples_on_a_gpu_reproducibly(tiny_releases, mode):
     region[:2, :4] = True
     assert new.is_cuda and torch.equal(new[~region], codes.view(8, 8)[~region])
     assert pipe.inpaint(images[0], (0, 0, 16, 8), "a blue square", seed=0).size == (32, 32)
+
+
+def test_each_direction_prompts_with_the_grammars_template(pipes, monkeypatch):
+    """What the pipeline gives the samplers is the grammar's prompt of each task, the user's text in it."""
+    import omni.pipeline
+    from omni.grammar import Grammar
+
+    pipe = pipes["mask"]
+    seen = []
+    real = omni.pipeline.generate_text
+    monkeypatch.setattr(
+        omni.pipeline,
+        "generate_text",
+        lambda model, vocab, prompts, **kw: seen.extend(prompts) or real(model, vocab, prompts, **kw),
+    )
+    grammar, encode = Grammar(pipe.vocab), pipe.tokenizer.encode
+    pipe.generate_text("a red", max_new_tokens=2)
+    assert seen[-1].ids == grammar.prompt("lm", answer_start=encode("a red")).ids
+    image = Image.new("RGB", (32, 32), (255, 0, 0))
+    codes = pipe.vq.encode(pipe._images([image]))[0].tolist()
+    pipe.caption(image, max_new_tokens=2)
+    assert seen[-1] == grammar.prompt("caption", image=codes)
+    pipe.answer(image, "what color?", max_new_tokens=2)
+    assert seen[-1] == grammar.prompt("vqa", image=codes, question=encode("what color?"))

@@ -1,27 +1,14 @@
 """Train the VQ-GAN image tokenizer with Lightning.
 
     python tokenizers/train_vq.py fit --config configs/shapes/vq.yaml
-    python tokenizers/train_vq.py fit --config configs/shapes/vq.yaml --ckpt_path last   # resume
-    python tokenizers/train_vq.py fit --help
 
-Lightning checkpoints (for resuming) go where the config's ModelCheckpoint says; the release
-folder (config.json + model.safetensors, loadable with `omni.tokenizers.load_vq`) is written
-to `model.export_dir` at every checkpoint and at the end.
+The same command as `omni tokenizer train-vq` (its code: omni/commands/train_vq.py).
 """
 
-import warnings
+import sys
 
-from omni.cli import TrainingCLI
-from omni.errors import report_user_errors
-from omni.tokenizers.lit import ImageDataModule, VQLitModule
-
-
-def main() -> None:
-    # Lightning warns that step-interval checkpoints under manual optimisation may hold state from
-    # before the optimiser step; ours are saved after both optimisers stepped (resume is tested).
-    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
-    TrainingCLI(VQLitModule, ImageDataModule)
-
+from omni.commands.train_vq import main
+from omni.errors import run_command
 
 if __name__ == "__main__":
-    report_user_errors(main)
+    sys.exit(run_command(main))

@@ -173,7 +173,7 @@ def decode_image_text(
     return {"image": image, "text": text, "key": sample["__key__"], "meta": meta}
 
 
-def decode_text(sample: dict, skips: SkipCounter, max_caption_chars: int) -> dict | None:
+def decode_text_sample(sample: dict, skips: SkipCounter, max_caption_chars: int) -> dict | None:
     """Raw sample -> {"text", "key"}, or None if it is bad."""
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
     text = checked_caption(sample, skips, where, max_caption_chars)
@@ -396,7 +396,7 @@ def text_loader(
     max_caption_chars: int = 8192,
 ) -> ShardLoader:
     """Loader of {"text", "key"} batches from the `KEY.txt` files of shards (other files are not read)."""
-    decode = partial(decode_text, max_caption_chars=max_caption_chars)
+    decode = partial(decode_text_sample, max_caption_chars=max_caption_chars)
     return _loader(
         shards,
         decode,

@@ -1,8 +1,14 @@
-"""Measure a VQ tokenizer on image shards: PSNR, SSIM, codebook usage, perplexity, scene accuracy."""
+"""Measure a VQ tokenizer on image shards: PSNR, SSIM, codebook usage, perplexity, and what a judge says.
+
+A judge scores reconstructions against their samples' KEY.json (`judge(images, metas)` -> one
+(group, ok) per image, or None for a batch it cannot judge); the shapes world's is
+`omni.shapes.analyzer.judge_reconstructions`.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -14,32 +20,19 @@ from omni.tokenizers.quantize import perplexity_from_counts
 from omni.tokenizers.vqgan import VQModel
 
 
-def scene_matches(images: torch.Tensor, scenes: list[dict]) -> list[bool]:
-    """Per image (B, 3, H, W) in [-1, 1]: does the shapes analyzer read it as its scene (KEY.json "scene")?"""
-    from omni.data.scenes import Scene
-    from omni.eval.shapes import find_objects, match_scene
-
-    u8 = (
-        images.detach()
-        .clamp(-1, 1)
-        .add(1)
-        .mul(127.5)
-        .round()
-        .to(torch.uint8)
-        .permute(0, 2, 3, 1)
-        .cpu()
-        .numpy()
-    )
-    return [bool(match_scene(Scene.from_dict(s), find_objects(img))) for s, img in zip(scenes, u8)]
-
-
 @torch.no_grad()
-def evaluate_vq(model: VQModel, shards: str, limit: int | None = None, batch_size: int = 256) -> dict:
+def evaluate_vq(
+    model: VQModel,
+    shards: str,
+    limit: int | None = None,
+    batch_size: int = 256,
+    judge: Callable[[torch.Tensor, list], list[tuple[str, bool]] | None] | None = None,
+) -> dict:
     """Round-trip the images of shards through the tokenizer and report quality figures.
 
     `usage` is the fraction of the codebook used over all evaluated images; `perplexity` is
-    exp(entropy) of their code histogram. On shapes data (KEY.json with a "scene"), the analyzer
-    judges every reconstruction: `scene_accuracy` is the fraction that keeps its scene exactly.
+    exp(entropy) of their code histogram. With a `judge`, `scene_accuracy` is the fraction of
+    judged reconstructions it accepts, and `scene_accuracy_GROUP` that of each of its groups.
     """
     model.eval()
     res = model.config.resolution
@@ -52,7 +45,7 @@ def evaluate_vq(model: VQModel, shards: str, limit: int | None = None, batch_siz
         require_caption=False,
     )
     counts = torch.zeros(model.config.codebook_size, dtype=torch.long)
-    psnrs, ssims, scene_ok = [], [], {1: [], 2: []}
+    psnrs, ssims, verdicts = [], [], {}
     seconds = 0.0
     n = 0
     bar = tqdm(total=limit, desc="eval vq", unit="img")
@@ -69,10 +62,8 @@ def evaluate_vq(model: VQModel, shards: str, limit: int | None = None, batch_siz
         counts += torch.bincount(codes.flatten(), minlength=model.config.codebook_size)
         psnrs.append(psnr(rec, x))
         ssims.append(ssim(rec, x))
-        scenes = [m["scene"] for m in batch["meta"][: len(x)] if isinstance(m, dict) and "scene" in m]
-        if len(scenes) == len(x):
-            for scene, ok in zip(scenes, scene_matches(rec, scenes)):
-                scene_ok[len(scene["objects"])].append(ok)
+        for group, ok in (judge(rec, batch["meta"][: len(x)]) or []) if judge else []:
+            verdicts.setdefault(group, []).append(ok)
         n += len(x)
         bar.update(len(x))
         if limit is not None and n >= limit:
@@ -88,9 +79,7 @@ def evaluate_vq(model: VQModel, shards: str, limit: int | None = None, batch_siz
         "perplexity": perplexity_from_counts(counts),
         "encode_decode_images_per_s": n / seconds,
     }
-    judged = scene_ok[1] + scene_ok[2]
-    if judged:
-        report["scene_accuracy"] = float(np.mean(judged))
-        report["scene_accuracy_one"] = float(np.mean(scene_ok[1])) if scene_ok[1] else None
-        report["scene_accuracy_two"] = float(np.mean(scene_ok[2])) if scene_ok[2] else None
+    if verdicts:
+        report["scene_accuracy"] = float(np.mean([ok for oks in verdicts.values() for ok in oks]))
+        report |= {f"scene_accuracy_{group}": float(np.mean(oks)) for group, oks in sorted(verdicts.items())}
     return report

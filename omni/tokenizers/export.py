@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from omni.release import save_tensors, writing_folder
+from omni.release import load_strict, read_release_config, save_tensors, writing_folder
 from omni.tokenizers.vqgan import VQConfig, VQModel
 
 FORMAT = "omni-vq"
@@ -46,7 +46,7 @@ def vq_fingerprint(folder: str | Path) -> str:
     """`sha256:<hex>` over the VQ's tensors (names, dtypes, shapes, bytes): which weights made a
     set of codes, whatever the file's header holds.
 
-    Code shards record it (omni.tokenizers.codes); training refuses shards whose fingerprint is
+    Code shards record it (omni.data.codes); training refuses shards whose fingerprint is
     not that of its VQ folder, since codes of two tokenizers mean different things.
     """
     weights = Path(folder) / "model.safetensors"
@@ -67,23 +67,10 @@ def vq_fingerprint(folder: str | Path) -> str:
 def read_vq_config(folder: str | Path) -> VQConfig:
     """The `VQConfig` of a VQ folder, validated."""
     path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise VQFolderError(
-            f"{path} not found: a VQ folder holds config.json and model.safetensors "
-            f"(written by tokenizers/train_vq.py)"
-        )
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as e:
-        raise VQFolderError(f"{path} is not valid JSON ({e}); re-export the tokenizer") from e
-    if not isinstance(config, dict) or config.get("format") != FORMAT or "vq" not in config:
-        raise VQFolderError(f"{path} is not an {FORMAT} config (missing 'format': '{FORMAT}' or 'vq')")
-    version = config.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
-        raise VQFolderError(
-            f"{path}: format_version {version!r} is not one this Omni reads (1 to {FORMAT_VERSION}); "
-            f"a newer Omni wrote it: upgrade omni-multimodal"
-        )
+    hint = "train one with `omni tokenizer train-vq fit --config configs/shapes/vq.yaml`"
+    config = read_release_config(folder, FORMAT, FORMAT_VERSION, VQFolderError, hint)
+    if "vq" not in config:
+        raise VQFolderError(f"{path} lacks the 'vq' section; re-export the tokenizer")
     fields = set(VQConfig.__dataclass_fields__)
     unknown = sorted(set(config["vq"]) - fields)
     if unknown:
@@ -97,11 +84,6 @@ def read_vq_config(folder: str | Path) -> VQConfig:
 def load_vq(folder: str | Path, device: str | torch.device = "cpu") -> VQModel:
     """Build the VQ model of a folder and load its weights strictly, in eval mode."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise VQFolderError(
-            f"VQ folder {folder} does not exist; train one with "
-            f"`python tokenizers/train_vq.py fit --config configs/shapes/vq.yaml`"
-        )
     config = read_vq_config(folder)
     weights = folder / "model.safetensors"
     if not weights.is_file():
@@ -110,15 +92,6 @@ def load_vq(folder: str | Path, device: str | torch.device = "cpu") -> VQModel:
         state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError) as e:
         raise VQFolderError(f"{weights} is unreadable or truncated ({e}); re-export or re-copy it") from e
-    model = VQModel(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    bad_shapes = [k for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or bad_shapes:
-        raise VQFolderError(
-            f"{weights} does not match {folder / 'config.json'}: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}, wrong shapes {bad_shapes[:5]}; the two files come from different models"
-        )
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval()
+    model = VQModel(config).to(device)
+    load_strict(model, state, str(weights), str(folder / "config.json"), VQFolderError)
+    return model.eval()

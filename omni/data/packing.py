@@ -1,0 +1,264 @@
+"""Training batches from code shards: documents of each task (omni.grammar), drawn by ratio, packed.
+
+Each sample of a code shard (`KEY.codes.npy`, `KEY.txt`, `KEY.json` with QA pairs) becomes one
+document of one task (t2i, caption, vqa, lm; templates in `omni.grammar`), drawn by the
+configured mixing ratios. What is sampled is decided here: in `mask` mode a t2i image block is
+bidirectional and a cosine-sampled fraction of its codes is replaced by <mask> (the loss is on
+those positions, target: the code itself); in `ar` mode it is causal and every image position
+predicts the next token. Images that are read, not generated (caption, vqa), are bidirectional
+in both modes, as the samplers lay them out. A t2i caption is dropped with probability
+`caption_dropout`, which teaches the unconditional model that classifier-free guidance needs;
+a vqa document takes one of the sample's question-answer pairs at random.
+
+Documents are packed greedily into rows of `seq_len` tokens; each row carries the tokens,
+targets (IGNORE where there is no loss), the task of each target, and the layout of
+`omni.grammar.lay_out` (rotary positions restarting at 0 in each document, image indices,
+the omni-attention vectors doc and last).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+
+from omni.data.codes import npy_to_codes
+from omni.data.loader import ShardDataset, ShardLoader, checked_caption
+from omni.data.shards import expand_shards
+from omni.grammar import IGNORE, TASKS, Document, Grammar, Placed, lay_out
+from omni.vocab import Vocab
+
+
+def cosine_mask_count(n: int, rng: random.Random) -> int:
+    """How many of n image tokens to mask: n * cos(pi/2 * u), u ~ U[0, 1), at least 1 (MaskGIT)."""
+    return max(1, math.ceil(n * math.cos(math.pi / 2 * rng.random())))
+
+
+@dataclass
+class TaskBuilder:
+    """Turns decoded code-shard samples into documents of each task (drawing what is random)."""
+
+    vocab: Vocab
+    tokenizer: object  # omni.tokenizers.text.TextTokenizer (anything with .encode(str) -> list[int])
+    image_generation: str = "mask"
+    caption_dropout: float = 0.1
+
+    def __post_init__(self):
+        self.grammar = Grammar(self.vocab)
+
+    def build(self, sample: dict, task: str, rng: random.Random) -> Document | None:
+        """The document of `task` for a decoded sample; None when the sample has no data for it."""
+        key, codes, encode = sample["key"], sample["codes"], self.tokenizer.encode
+        if task == "t2i":
+            dropped = rng.random() < self.caption_dropout
+            caption = [] if dropped else encode(sample["text"])
+            ar = self.image_generation == "ar"
+            doc = self.grammar.document("t2i", key, causal_image=ar, caption=caption, image=codes)
+            if ar:
+                return doc
+            start, end = doc.image
+            masked = rng.sample(range(start, end), cosine_mask_count(end - start, rng))
+            return doc.masked(masked, self.vocab.special("mask"))
+        if task == "caption":
+            return self.grammar.document("caption", key, image=codes, caption=encode(sample["text"]))
+        if task == "lm":
+            return self.grammar.document("lm", key, text=encode(sample["text"]))
+        if task == "vqa":
+            if not sample["qa"]:
+                return None
+            pair = rng.choice(sample["qa"])
+            question, answer = encode(pair["question"]), encode(pair["answer"])
+            return self.grammar.document("vqa", key, image=codes, question=question, answer=answer)
+        raise ValueError(f"unknown task {task!r}; tasks: {TASKS}")
+
+
+def decode_code_sample(sample: dict, skips, max_caption_chars: int = 8192) -> dict | None:
+    """Raw code-shard sample -> {"codes", "text", "qa", "key"}, or None (counted) when unusable."""
+    where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+    raw = sample.get("codes.npy")
+    if raw is None:
+        skips.skip(
+            "missing codes", where, "no .codes.npy file: is this a code shard? (tokenizers/encode_shards.py)"
+        )
+        return None
+    try:
+        codes = npy_to_codes(raw).reshape(-1)
+    except Exception as e:  # numpy raises several kinds for bad bytes
+        skips.skip("undecodable codes", where, str(e))
+        return None
+    text = checked_caption(sample, skips, where, max_caption_chars)
+    if text is None:
+        return None
+    qa = []
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+            qa = [p for p in meta.get("qa", []) if p.get("question") and p.get("answer")]
+        except (ValueError, AttributeError) as e:
+            skips.skip("unreadable json", where, str(e))  # counted; the sample still serves t2i/caption/lm
+    return {"codes": codes, "text": text, "qa": qa, "key": sample.get("__key__", "")}
+
+
+@dataclass
+class Packer:
+    """Packs documents greedily into rows of `seq_len` and stacks rows into batches."""
+
+    seq_len: int
+    batch_size: int
+    pad_id: int
+    rows: list[list[Document]] = field(default_factory=list)
+    current: list[Document] = field(default_factory=list)
+    used: int = 0
+
+    def add(self, doc: Document) -> list[dict]:
+        """Add a document; returns the batches that became complete (zero or one)."""
+        if self.used + len(doc) > self.seq_len:
+            self.rows.append(self.current)
+            self.current, self.used = [], 0
+        self.current.append(doc)
+        self.used += len(doc)
+        if len(self.rows) == self.batch_size:
+            batch, self.rows = self.collate(self.rows), []
+            return [batch]
+        return []
+
+    def flush(self) -> list[dict]:
+        """The last, possibly short, batch."""
+        if self.current:
+            self.rows.append(self.current)
+            self.current, self.used = [], 0
+        batch, self.rows = (self.collate(self.rows) if self.rows else None), []
+        return [batch] if batch else []
+
+    def collate(self, rows: list[list[Document]]) -> dict:
+        b, t = len(rows), self.seq_len
+        tokens = torch.full((b, t), self.pad_id, dtype=torch.long)
+        targets = torch.full((b, t), IGNORE, dtype=torch.long)
+        task = torch.full((b, t), -1, dtype=torch.long)
+        placed, keys = [], []
+        for r, docs in enumerate(rows):
+            row, offset = [], 0
+            for doc in docs:
+                n = len(doc)
+                tokens[r, offset : offset + n] = torch.tensor(doc.tokens)
+                tgt = torch.tensor(doc.targets)
+                targets[r, offset : offset + n] = tgt
+                task[r, offset : offset + n][tgt != IGNORE] = TASKS.index(doc.task)
+                images = []
+                if doc.image is not None:
+                    s, e = doc.image
+                    images.append((offset + s, offset + e, not doc.causal_image))
+                row.append(Placed(offset, offset + n, images))
+                keys.append(doc.key)
+                offset += n
+            placed.append(row)
+        laid = lay_out(placed, t)
+        return {
+            "tokens": tokens,
+            "targets": targets,
+            "positions": laid.positions,
+            "doc": laid.vis.doc,
+            "last": laid.vis.last,
+            "task": task,
+            "image_index": laid.image_index,
+            "keys": keys,
+        }
+
+
+def pack_stage(
+    src: Iterator[dict],
+    skips,
+    seed: str,
+    *,
+    builder: TaskBuilder,
+    ratios: dict[str, float],
+    seq_len: int,
+    batch_size: int,
+    every_task: bool = False,
+) -> Iterator[dict]:
+    """Pipeline stage: decoded samples -> documents (task drawn by `ratios`) -> packed batches.
+
+    With `every_task`, each sample yields one document of every task with a non-zero ratio
+    (validation: every task measured on the same images). Batches carry the skip counts.
+    """
+    rng = random.Random(seed)
+    tasks = [t for t in TASKS if ratios.get(t, 0) > 0]
+    weights = [ratios[t] for t in tasks]
+    packer = Packer(seq_len, batch_size, builder.vocab.special("pad"))
+    codebook_size = builder.vocab.codebook_size
+    for sample in src:
+        codes = sample["codes"]
+        if codes.size == 0:
+            skips.skip("no codes", sample["key"], "an empty codes.npy")
+            continue
+        if codes.min() < 0 or codes.max() >= codebook_size:
+            # Not a damaged sample but shards of another VQ: training on them would teach the model
+            # codes that mean other pictures (and those in range would pass unnoticed).
+            raise ValueError(
+                f"code shard sample {sample['key']} holds codes up to {int(codes.max())}, but data.vq has "
+                f"{codebook_size} codes: another VQ encoded these shards; point data.vq at it, or re-encode "
+                f"them with tokenizers/encode_shards.py --vq DATA_VQ --overwrite"
+            )
+        chosen = tasks if every_task else rng.choices(tasks, weights)
+        for task in chosen:
+            doc = builder.build(sample, task, rng)
+            if doc is None:
+                skips.skip(f"no data for task {task}", sample["key"], "no question-answer pairs in KEY.json")
+                continue
+            if len(doc) > seq_len:
+                skips.skip("over-long document", sample["key"], f"{len(doc)} tokens > seq_len {seq_len}")
+                continue
+            skips.used()
+            for batch in packer.add(doc):
+                yield {**batch, "skipped": skips.drain()}
+    for batch in packer.flush():
+        yield {**batch, "skipped": skips.drain()}
+
+
+def task_loader(
+    shards: str | list[str],
+    builder: TaskBuilder,
+    *,
+    ratios: dict[str, float],
+    seq_len: int,
+    batch_size: int,
+    batches_per_epoch: int,
+    num_workers: int = 0,
+    seed: int = 0,
+    resampled: bool = True,
+    shuffle_buffer: int = 1000,
+    every_task: bool = False,
+    max_caption_chars: int = 8192,
+):
+    """Loader of packed batches (see `Packer.collate`) from code shards.
+
+    Endless and split by node and worker like every Omni loader (`omni.data.loader`); every rank
+    yields `batches_per_epoch` batches per epoch. `resampled=False` reads the shards once.
+    """
+    unknown = sorted(set(ratios) - set(TASKS))
+    if unknown or not any(v > 0 for v in ratios.values()) or any(v < 0 for v in ratios.values()):
+        raise ValueError(f"task ratios must be >= 0 over {TASKS} with at least one > 0, got {ratios}")
+    stage = partial(
+        pack_stage,
+        builder=builder,
+        ratios=ratios,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        every_task=every_task,
+    )
+    decode = partial(decode_code_sample, max_caption_chars=max_caption_chars)
+    ds = ShardDataset(
+        expand_shards(shards),
+        decode,
+        batch_size,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
+        resampled=resampled,
+        batch_stage=stage,
+    )
+    return ShardLoader(ds, batches_per_epoch, num_workers, name="code shards")

@@ -1,0 +1,217 @@
+"""The shapes benchmark of a trained model folder: generation, captioning and VQA, scored exactly.
+
+    omni shapes benchmark --model runs/shapes/model --n 500      # a model folder
+    omni shapes benchmark --shards 'data/shapes/val-*.tar'    # the analyzer on ground truth
+
+Prompts, images and questions come from the validation shards (KEY.png, KEY.txt, KEY.json
+with "scene" and "qa"). The analyzer in `omni.shapes.analyzer` is the judge:
+
+* text-to-image: the image generated from a sample's caption must show exactly its scene;
+* captioning: the greedy caption of the sample's image must describe exactly its scene;
+* VQA: every question of the sample, answered greedily, must match the expected answer.
+
+Each figure is split by one-object / two-object scenes; speeds are images/s and captions/s of
+the batched samplers on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from omni.shapes.analyzer import check_answer, evaluate_shards, find_objects, match_scene, score_caption
+from omni.shapes.scenes import Scene
+
+
+def validation_samples(pattern: str, n: int) -> list[dict]:
+    """The first `n` samples of shapes shards: {"key", "image", "caption", "scene", "qa"}."""
+    from omni.data.shards import iterate_samples
+
+    out = []
+    for sample in iterate_samples(pattern):
+        if len(out) >= n:
+            break
+        if "json" not in sample or "png" not in sample or "txt" not in sample:
+            continue  # not a shapes sample (code shards have no png)
+        meta = json.loads(sample["json"])
+        out.append(
+            {
+                "key": sample["__key__"],
+                "image": Image.open(io.BytesIO(sample["png"])).convert("RGB"),
+                "caption": sample["txt"].decode().strip(),
+                "scene": Scene.from_dict(meta["scene"]),
+                "qa": meta.get("qa", []),
+            }
+        )
+    if not out:
+        raise ValueError(
+            f"no shapes samples (KEY.png + KEY.txt + KEY.json) in {pattern!r}; "
+            "point --shards at the image shards, e.g. 'data/shapes/val-*.tar'"
+        )
+    return out
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _split(hits: list[bool], scenes: list[Scene], prefix: str) -> dict:
+    """Accuracy overall and by object count."""
+    report = {f"{prefix}": sum(hits) / max(len(hits), 1)}
+    for name, count in (("one", 1), ("two", 2)):
+        sel = [h for h, s in zip(hits, scenes) if len(s.objects) == count]
+        report[f"{prefix}_{name}"] = sum(sel) / len(sel) if sel else None
+    return report
+
+
+def benchmark_model(
+    pipe,
+    shards: str,
+    n: int = 500,
+    *,
+    batch_size: int = 64,
+    seed: int = 0,
+    tasks: tuple[str, ...] = ("t2i", "caption", "vqa"),
+    examples: int = 8,
+    progress: bool = True,
+) -> dict:
+    """Score an `OmniPipeline` on the first `n` validation samples; returns the report dict.
+
+    `examples` failures and successes of each task are kept in the report for reading.
+    """
+    samples = validation_samples(shards, n)
+    scenes = [s["scene"] for s in samples]
+    report: dict = {"n": len(samples), "shards": shards, "settings": dict(pipe.generation)}
+    shown: dict[str, list] = {}
+
+    def bar(total, desc):
+        return tqdm(total=total, desc=desc, unit="sample", disable=not progress)
+
+    if "t2i" in tasks:
+        hits, seconds = [], 0.0
+        with bar(len(samples), "text-to-image") as b:
+            for i, chunk in enumerate(_batches(samples, batch_size)):
+                start = time.perf_counter()
+                images = pipe.generate_images([s["caption"] for s in chunk], seed=seed + i)
+                seconds += time.perf_counter() - start
+                for s, image in zip(chunk, images):
+                    result = match_scene(s["scene"], find_objects(image))
+                    hits.append(bool(result))
+                    if len(shown.setdefault("t2i", [])) < examples:
+                        shown["t2i"].append(
+                            {"prompt": s["caption"], "ok": bool(result), "why": result.reason}
+                        )
+                b.update(len(chunk))
+        report |= _split(hits, scenes, "t2i_accuracy")
+        report["images_per_second"] = len(samples) / seconds
+
+    if "caption" in tasks:
+        hits, seconds = [], 0.0
+        with bar(len(samples), "captioning") as b:
+            for chunk in _batches(samples, batch_size):
+                start = time.perf_counter()
+                texts = pipe.caption([s["image"] for s in chunk])
+                seconds += time.perf_counter() - start
+                for s, text in zip(chunk, texts):
+                    result = score_caption(s["scene"], text)
+                    hits.append(bool(result))
+                    if len(shown.setdefault("caption", [])) < examples:
+                        shown["caption"].append({"truth": s["caption"], "caption": text, "ok": bool(result)})
+                b.update(len(chunk))
+        report |= _split(hits, scenes, "caption_accuracy")
+        report["captions_per_second"] = len(samples) / seconds
+
+    if "vqa" in tasks:
+        pairs = [(s, qa) for s in samples for qa in s["qa"]]
+        hits = []
+        with bar(len(pairs), "VQA") as b:
+            for chunk in _batches(pairs, batch_size):
+                answers = pipe.answer([s["image"] for s, _ in chunk], [qa["question"] for _, qa in chunk])
+                for (_, qa), answer in zip(chunk, answers):
+                    ok = check_answer(answer, qa["answer"])
+                    hits.append(ok)
+                    if len(shown.setdefault("vqa", [])) < examples:
+                        shown["vqa"].append(
+                            {"question": qa["question"], "expected": qa["answer"], "answer": answer, "ok": ok}
+                        )
+                b.update(len(chunk))
+        report |= _split(hits, [s["scene"] for s, _ in pairs], "vqa_accuracy")
+        report["vqa_questions"] = len(pairs)
+
+    report["examples"] = shown
+    return report
+
+
+@torch.no_grad()
+def run(model: str, shards: str, n: int, device: str = "cpu", **options) -> dict:
+    """Load a model folder and benchmark it."""
+    from omni import load_pretrained
+
+    report = benchmark_model(load_pretrained(model, device=device), shards, n, **options)
+    return {"model": model, **report}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="omni shapes benchmark",
+        description="The shapes analyzer and benchmark. With --model: generate, caption and answer "
+        "on validation samples with a trained model folder and print the accuracies as JSON "
+        "(t2i_accuracy, caption_accuracy, vqa_accuracy, each also _one/_two by object count; "
+        "images_per_second, captions_per_second). Without it: score the ground-truth images "
+        "and captions of --shards (a self-check of the analyzer).",
+    )
+    parser.add_argument(
+        "--shards", help="image shard pattern (default with --model: 'data/shapes/val-*.tar')"
+    )
+    parser.add_argument("--model", help="model folder written by train.py: benchmark it")
+    parser.add_argument("--n", type=int, default=500, help="--model: validation samples to use (default 500)")
+    parser.add_argument(
+        "--tasks",
+        default="t2i,caption,vqa",
+        help="--model: comma-separated subset of t2i,caption,vqa (default all three)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="--model: samples generated at once")
+    parser.add_argument("--seed", type=int, default=0, help="--model: sampling seed (default 0)")
+    parser.add_argument("--device", default="cpu", help="--model: torch device (default cpu)")
+    parser.add_argument("--out", help="also write the JSON report to this file")
+    parser.add_argument("--limit", type=int, default=None, help="self-check: score at most this many samples")
+    parser.add_argument(
+        "--blur-radius", type=int, default=0, help="self-check: blur images with a (2r+1)^2 box filter first"
+    )
+    args = parser.parse_args(argv)
+    if args.model is None and args.shards is None:
+        parser.error("give --model FOLDER (benchmark a model) or --shards PATTERN (analyzer self-check)")
+    if args.model is not None:
+        tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+        unknown = set(tasks) - {"t2i", "caption", "vqa"}
+        if unknown or not tasks or args.n < 1 or args.batch_size < 1:
+            parser.error(
+                f"--tasks takes t2i,caption,vqa (got {args.tasks!r}); --n and --batch-size must be >= 1"
+            )
+        # A bad model folder (ModelFolderError, a ValueError) is reported below as one line.
+        report = run(
+            args.model,
+            args.shards or "data/shapes/val-*.tar",
+            args.n,
+            device=args.device,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            tasks=tasks,
+        )
+    else:
+        report = evaluate_shards(args.shards, args.limit, args.blur_radius)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0

@@ -1,0 +1,65 @@
+"""Encode image shards into code shards (the format: `omni.data.codes`) with a VQ tokenizer."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import torch
+import webdataset as wds
+
+from omni.data.codes import codes_to_npy
+from omni.data.images import load_rgb, to_tensor
+from omni.data.loader import IMAGE_EXTENSIONS
+from omni.data.shards import tar_looks_complete
+from omni.tokenizers.vqgan import VQModel
+
+
+@torch.no_grad()
+def encode_shard(vq: VQModel, src: str, dst: str | Path, batch_size: int = 256, progress=None) -> Counter:
+    """Encode every image of shard `src` into code shard `dst`; returns counts (encoded, skipped: reason)."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")  # per process: two runs never share it
+    counts: Counter = Counter()
+    res, grid = vq.config.resolution, vq.config.grid
+    pending: list[tuple[dict, torch.Tensor]] = []
+
+    def flush(sink) -> None:
+        images = torch.stack([img for _, img in pending])
+        codes = vq.encode(images).view(-1, grid, grid).cpu().numpy()
+        for (sample, _), c in zip(pending, codes):
+            out = {"__key__": sample["__key__"], "codes.npy": codes_to_npy(c, vq.config.codebook_size)}
+            for ext in ("txt", "json"):
+                if ext in sample:
+                    out[ext] = sample[ext]
+            sink.write(out)
+        counts["encoded"] += len(pending)
+        if progress is not None:
+            progress.update(len(pending))
+        pending.clear()
+
+    def skip(exn: Exception) -> bool:
+        counts["skipped: unreadable shard data"] += 1
+        return True
+
+    if os.path.isfile(src) and not tar_looks_complete(src):  # local tars only, as the loader checks
+        counts["truncated shard (re-create it)"] += 1  # its readable samples are still encoded
+    with wds.TarWriter(str(tmp)) as sink:
+        for sample in wds.tarfile_samples([{"url": src}], handler=skip):
+            ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+            if ext is None:
+                counts["skipped: missing image"] += 1
+                continue
+            try:
+                image = to_tensor(load_rgb(sample[ext]), res)
+            except Exception:  # undecodable bytes must not stop a long encoding run
+                counts["skipped: undecodable image"] += 1
+                continue
+            pending.append((sample, image))
+            if len(pending) == batch_size:
+                flush(sink)
+        if pending:
+            flush(sink)
+    os.replace(tmp, dst)
+    return counts

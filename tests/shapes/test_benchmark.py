@@ -1,0 +1,83 @@
+"""The shapes benchmark of a model: it scores a perfect model 1.0, a useless one 0.0, and runs on
+a real (tiny) release folder from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from omni.commands import main as omni
+from omni.shapes.benchmark import benchmark_model, validation_samples
+from omni.shapes.render import render
+
+
+class Oracle:
+    """A stand-in pipeline that knows the validation set: right (or, with `wrong`, useless) answers."""
+
+    def __init__(self, samples, wrong=False):
+        self.by_caption = {s["caption"]: s for s in samples}
+        self.by_image = {s["image"].tobytes(): s for s in samples}
+        self.wrong = wrong
+        self.generation = {}
+
+    def generate_images(self, prompts, seed=0):
+        if self.wrong:
+            return [Image.new("RGB", (32, 32)) for _ in prompts]  # empty: never the scene
+        return [render(self.by_caption[p]["scene"], 32) for p in prompts]
+
+    def caption(self, images):
+        return ["nothing here" if self.wrong else self.by_image[i.tobytes()]["caption"] for i in images]
+
+    def answer(self, images, questions):
+        out = []
+        for image, question in zip(images, questions):
+            qa = {q["question"]: q["answer"] for q in self.by_image[image.tobytes()]["qa"]}
+            out.append("purple" if self.wrong else qa[question])
+        return out
+
+
+@pytest.fixture(scope="module")
+def val(shapes_dir):
+    return str(shapes_dir / "val-*.tar")
+
+
+def test_a_perfect_model_scores_one_and_a_useless_one_zero(val):
+    samples = validation_samples(val, 20)
+    good = benchmark_model(Oracle(samples), val, 20, batch_size=8, progress=False)
+    bad = benchmark_model(Oracle(samples, wrong=True), val, 20, batch_size=8, progress=False)
+    for key in ("t2i_accuracy", "caption_accuracy", "vqa_accuracy"):
+        for part in ("", "_one", "_two"):
+            assert good[key + part] == 1.0, key + part
+            assert bad[key + part] == 0.0, key + part
+    assert good["n"] == 20 and good["vqa_questions"] == sum(len(s["qa"]) for s in samples)
+    assert good["images_per_second"] > 0 and good["captions_per_second"] > 0
+
+
+def test_command_line_on_a_tiny_release(tiny_releases, val, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(tiny_releases["mask"]), "--shards", val, "--n", "6", "--batch-size", "4"]
+    assert omni(["shapes", "benchmark", *argv, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    for key in ("t2i_accuracy", "t2i_accuracy_one", "t2i_accuracy_two", "caption_accuracy",
+                "caption_accuracy_one", "caption_accuracy_two", "vqa_accuracy"):  # fmt: skip
+        assert report[key] is None or 0.0 <= report[key] <= 1.0, key
+    assert report["n"] == 6
+    assert report["vqa_questions"] == sum(len(s["qa"]) for s in validation_samples(val, 6))
+    assert set(report["examples"]) == {"t2i", "caption", "vqa"}
+
+
+def test_command_line_errors(tiny_releases, val, tmp_path, capsys):
+    bench = ["shapes", "benchmark"]
+    assert omni([*bench, "--model", str(tmp_path / "missing"), "--shards", val]) == 2
+    assert "error: " in (err := capsys.readouterr().err) and "missing" in err
+    assert (
+        omni([*bench, "--model", str(tiny_releases["mask"]), "--shards", str(tmp_path / "none-*.tar")]) == 2
+    )
+    assert "none-" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argument syntax: argparse's usage error
+        omni([*bench, "--model", str(tiny_releases["mask"]), "--tasks", "t2i,poetry"])
+    with pytest.raises(SystemExit):
+        omni(bench)
