@@ -36,9 +36,9 @@ lint: $(STAMP)
 
 # The whole pipeline (omni/shapes/demo.py lists the stages): shapes shards -> VQ tokenizer -> its evaluation
 # -> text BPE -> code shards -> unified model -> benchmark -> samples; summary in demo/summary.json.
-# Resume from a stage with `.venv/bin/python -m omni.shapes.demo --from STAGE`.
+# Resume from a stage with `.venv/bin/omni demo --from STAGE`.
 demo: $(STAMP)
-	$(PY) -m omni.shapes.demo
+	$(VENV)/bin/omni demo
 
 bench: $(STAMP)
 	$(PY) bench/data_throughput.py

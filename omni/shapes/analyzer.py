@@ -13,7 +13,7 @@ strict:
 * scoring: a prompt (or scene) and an image match when they have the same objects, the same
   position word (one object) and the same relation (two objects).
 
-    python -m omni.shapes.analyzer --shards 'data/shapes/val-*.tar'
+    omni shapes benchmark --shards 'data/shapes/val-*.tar'
 
 scores the ground-truth images and captions of shards (a self-check; it should print 1.0).
 """

@@ -98,3 +98,15 @@ def test_a_redone_stage_removes_the_demos_own_run_and_nothing_else(tmp_path, mon
     a_run("demo-run")
     demo.record_run("model")
     assert json.loads((tmp_path / "demo" / "runs.json").read_text())["runs/shapes/model"] == "demo-run"
+
+
+def test_make_demo_runs_the_omni_demo_command():
+    """The Makefile's demo recipe is a command that exists (a module run with -m that has no
+    __main__ would exit 0 having done nothing)."""
+    import re
+
+    from omni.commands import find
+
+    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M).group(1)
+    (line,) = [x.strip() for x in recipe.splitlines() if x.strip()]
+    assert line.startswith("$(VENV)/bin/omni ") and find(line.split()[1:]) == (("demo",), [])
