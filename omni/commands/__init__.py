@@ -62,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     found = find(argv)
     if found is None:
-        print(f"{usage()}\n\nerror: unknown command {' '.join(argv[:2])!r}", file=sys.stderr)
+        group = [words[1] for words in COMMANDS if len(words) > 1 and words[0] == argv[0]]
+        problem = (
+            f"omni {argv[0]} takes a subcommand: {', '.join(group)}"
+            if group and len(argv) == 1
+            else f"unknown command {' '.join(argv[:2])!r}"
+        )
+        print(f"{usage()}\n\nerror: {problem}", file=sys.stderr)
         return 2
     words, rest = found
     module = importlib.import_module(COMMANDS[words][0])

@@ -1,10 +1,10 @@
-"""Lightning training of the unified Transformer: the module (losses, optimiser, EMA, release
-export) and the data module (task mixing and packing over code shards).
+"""The Lightning module that trains the unified Transformer: loss, optimiser, schedule, EMA, export.
 
-The module wraps a plain `omni.model.Transformer`; which task a token belongs to comes with the
-batch (see `omni.data.packing`), so per-task losses, weights and accuracies live here and the
-model never slices a batch by task. At every checkpoint and at the end of training the model is
-exported as a release folder (`omni.checkpoint`) to `export_dir`.
+It wraps a plain `omni.model.Transformer` built from the config's `Architecture` and the assets
+the data module loaded (`omni.assets`, linked by `omni train`). Which task a token belongs to
+comes with the batch (`omni.data.packing`), so per-task losses, weights and accuracies come from
+`omni.training.loss` and the model never slices a batch by task. At every checkpoint and at the
+end of training the model is exported as a release folder (`omni.checkpoint`) to `export_dir`.
 """
 
 from __future__ import annotations

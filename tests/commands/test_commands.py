@@ -17,6 +17,8 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     assert all(" ".join(words) in out for words in COMMANDS)
     assert main(["tokenizer", "poem"]) == 2 and "unknown command 'tokenizer poem'" in capsys.readouterr().err
+    assert main(["tokenizer"]) == 2
+    assert "omni tokenizer takes a subcommand: train-vq, eval, train-text, encode" in capsys.readouterr().err
 
 
 def test_the_longest_command_words_win():
