@@ -261,11 +261,15 @@ def generate_images_mask(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     initial: torch.Tensor | None = None,
+    use_cache: bool = True,
 ) -> torch.Tensor:
     """VQ codes (B, grid) by iterative parallel decoding (MaskGIT): all masked, then unmask by confidence.
 
     `initial` (B, grid) gives known codes with -1 where a code is to be generated (inpainting).
-    Guidance > 0 adds an unconditional (empty caption) copy of the batch.
+    Guidance > 0 adds an unconditional (empty caption) copy of the batch. The prompt sees nothing
+    after it (omni-attention), so its keys and values are computed once and kept in a KV cache;
+    each step runs only the image block and <eoi>. `use_cache=False` recomputes the whole
+    sequence at every step (the reference the cached path is tested against).
     """
     device = model.output.weight.device
     check_generator(generator, device)
@@ -284,13 +288,25 @@ def generate_images_mask(
     total_unknown = unknown.sum(-1, keepdim=True)
     image_ids = vocab.image_id_mask(device)
     eoi = torch.full((len(prompts), 1), vocab.special("eoi"), device=device)
+    cache, _ = prefill(model, batch, grid + 1, use_cache)  # the prompt's keys and values, once
     for step in range(steps):
         image = torch.where(codes >= 0, vocab.image_ids(codes), torch.full_like(codes, mask_id))
         if guidance > 0:
             image = torch.cat([image, image])
-        seq = torch.cat([batch.tokens, image, eoi], dim=1)
-        logits = model(seq, batch.vis, positions=batch.positions, image_index=batch.image_index)
-        logits = logits[:, width : width + grid]  # (B', grid, V)
+        if cache is not None:
+            block = torch.cat([image, eoi], dim=1)
+            logits = model(
+                block,
+                batch.vis,
+                positions=batch.positions[:, width:],
+                cache=cache,
+                start=width,
+                image_index=batch.image_index[:, width:],
+            )[:, :grid]  # (B', grid, V)
+        else:
+            seq = torch.cat([batch.tokens, image, eoi], dim=1)
+            logits = model(seq, batch.vis, positions=batch.positions, image_index=batch.image_index)
+            logits = logits[:, width : width + grid]  # (B', grid, V)
         logits = _restrict(_guided(logits, n, guidance), image_ids)  # guide first: -inf - -inf is NaN
         probs = (logits.float() / max(temperature, 1e-6)).softmax(-1)
         drawn = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(n, grid)

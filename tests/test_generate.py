@@ -140,3 +140,63 @@ def test_a_generator_on_another_device_than_the_model_is_a_clear_error(setup):
         ):
             call(elsewhere)
         call(seeded_generator(0, "cpu"))  # the model's device: fine
+
+
+@pytest.mark.parametrize("mode", ["mask", "ar"])
+def test_mask_generation_with_the_prompt_cached_equals_recomputation(setup, mode):
+    """The prompt's keys and values computed once give the codes that recomputing every step gives
+    (both models: "ar" carries image positions and the code appearance table), also with guidance
+    and known codes."""
+    import copy
+
+    tok, vocab, models = setup
+    model = copy.deepcopy(models[mode])
+    with torch.no_grad():  # sharp attention: an untrained model's is flat, and would hide a wrong position
+        for name, p in model.named_parameters():
+            if "wqkv" in name:
+                p.mul_(30)
+    captions = [tok.encode("a red circle"), tok.encode("a blue square on the left of a green triangle")]
+    initial = torch.full((2, GRID), -1)
+    initial[1, ::4] = 9
+    # A low temperature makes the picks follow the logits closely (an untrained model's are nearly flat).
+    for options in (
+        {"guidance": 2.0, "temperature": 0.05},
+        {"guidance": 0.0, "initial": initial, "temperature": 0.05},
+    ):
+        runs = [
+            generate_images_mask(
+                model, vocab, captions, GRID, steps=6, generator=torch.Generator().manual_seed(5),
+                use_cache=cached, **options,
+            )
+            for cached in (True, False)
+        ]  # fmt: skip
+        assert torch.equal(*runs), options
+
+
+@pytest.mark.parametrize("mode", ["mask", "ar"])
+def test_the_image_block_after_a_cached_prompt_gets_the_logits_of_the_whole_sequence(setup, mode):
+    """What the cached mask sampler computes at each step, checked on the logits themselves."""
+    from omni.generate import layout, prefill
+
+    tok, vocab, models = setup
+    model = models[mode]
+    prompts = Grammar(vocab).guided_t2i_prompts(
+        [tok.encode("a red circle"), tok.encode("a cyan square")], 2.0
+    )
+    batch = layout(prompts, GRID + 1, vocab.special("pad"), new_image=(0, GRID))
+    width = batch.tokens.shape[1]
+    image = torch.randint(0, vocab.codebook_size, (len(prompts), GRID)) + vocab.image_offset
+    block = torch.cat([image, torch.full((len(prompts), 1), vocab.special("eoi"))], dim=1)
+    with torch.no_grad():
+        full = model(
+            torch.cat([batch.tokens, block], 1),
+            batch.vis,
+            positions=batch.positions,
+            image_index=batch.image_index,
+        )
+        cache, _ = prefill(model, batch, GRID + 1, use_cache=True)
+        cached = model(
+            block, batch.vis, positions=batch.positions[:, width:], cache=cache, start=width,
+            image_index=batch.image_index[:, width:],
+        )  # fmt: skip
+    assert torch.allclose(cached, full[:, width:], atol=1e-5), (cached - full[:, width:]).abs().max()
