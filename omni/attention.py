@@ -102,6 +102,17 @@ def reference_attention(q, k, v, vis: Visibility) -> torch.Tensor:
     return scores.softmax(-1) @ v
 
 
+def math_attention(q, k, v, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax attention written out, with a dense boolean mask (B, 1, Tq, Tk) and grouped queries.
+
+    For a few queries over a cache: sdpa's CPU kernel is slow there, and a compiler fuses this."""
+    if k.shape[1] != q.shape[1]:
+        repeat = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(repeat, 1), v.repeat_interleave(repeat, 1)
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+
+
 def sdpa_attention(q, k, v, mask: torch.Tensor) -> torch.Tensor:
     """scaled_dot_product_attention with a dense boolean mask (B, 1, T, T)."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -178,6 +189,13 @@ class OmniMask:
         else:
             raise ValueError(f"unknown attention backend {backend!r}; resolve 'auto' with resolve_backend()")
 
+    @classmethod
+    def prebuilt(cls, mask: torch.Tensor) -> OmniMask:
+        """An `sdpa` mask from its dense rows (B, 1, Tq, Tk), e.g. picked from `dense_mask()`."""
+        self = cls.__new__(cls)
+        self.backend, self.data = "math", mask
+        return self
+
     def attend(self, q, k, v) -> torch.Tensor:
         """Attention of q (B, H, Tq, D) over k, v (B, Hkv, Tk, D); Hkv may divide H (grouped queries)."""
         if self.backend == "sdpa":
@@ -186,6 +204,8 @@ class OmniMask:
             )
         if self.backend == "flex":
             return flex_attention(q, k, v, self.data)
+        if self.backend == "math":
+            return math_attention(q, k, v, self.data)
         if k.shape[1] != q.shape[1]:
             repeat = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(repeat, 1), v.repeat_interleave(repeat, 1)

@@ -224,22 +224,36 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class KVCache:
-    """Keys and values of past positions for incremental decoding, all layers in two tensors."""
+    """Keys and values of past positions for incremental decoding, preallocated, one pair per layer.
+
+    One tensor per layer, not one for all: a compiled step then writes each in place (a write
+    into a slice of a shared tensor makes the compiler copy all of it at every step).
+    """
 
     def __init__(self, config: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
-        shape = (config.n_layers, batch, config.kv_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch, config.kv_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.max_len = max_len
 
-    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
-        """Store k, v (B, Hkv, T, D) at [start, start+T); return the keys and values of [0, start+T)."""
+    def update(self, layer: int, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, Hkv, T, D) at [start, start+T); return the keys and values of [0, start+T).
+
+        With `start` a tensor of the T positions (a static-shape step, `Transformer.decode_step`),
+        return the whole cache: shapes then never change between steps, and the attention mask
+        hides the positions not yet written.
+        """
+        k_all, v_all = self.k[layer], self.v[layer]
+        if isinstance(start, torch.Tensor):
+            k_all[:, :, start] = k
+            v_all[:, :, start] = v
+            return k_all, v_all
         end = start + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; asked to write up to {end}")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        k_all[:, :, start:end] = k
+        v_all[:, :, start:end] = v
+        return k_all[:, :, :end], v_all[:, :, :end]
 
 
 class Attention(nn.Module):
@@ -386,14 +400,42 @@ class Transformer(nn.Module):
         if positions is None:
             positions = torch.arange(start, start + t, device=tokens.device).expand(b, -1)
         mask = OmniMask(vis, self.backend(tokens.device), self.config.n_heads, q_start=start, q_end=start + t)
+        if self.image_position is not None and image_index is not None:
+            self._check_image_index(image_index)
         rope = rotary_tables(positions, self.config.head_dim, self.config.rope_base)
+        return self._run(tokens, rope, image_index, mask, cache, start)
+
+    def decode_step(
+        self,
+        tokens: torch.Tensor,
+        input_pos: torch.Tensor,
+        cache: KVCache,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        image_index: torch.Tensor,
+        visible: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits (B, T, V) of `tokens` (B, T) at sequence positions `input_pos` (T,), against the
+        whole preallocated `cache`: every shape is fixed for a batch, so `torch.compile` traces it
+        once (gpt-fast's decode step) for all the steps of a generation.
+
+        The rest describes the whole sequence of L = cache length positions, made once per batch:
+        `rope` (`rotary_tables` of the positions, (B, L, 1, D/2) each), `image_index` (B, L) and
+        `visible` (B, 1, L, L) (`Visibility.dense_mask()`); the rows of `input_pos` are picked here.
+        """
+        rope = tuple(table.index_select(1, input_pos) for table in rope)
+        mask = OmniMask.prebuilt(visible.index_select(2, input_pos))
+        return self._run(tokens, rope, image_index.index_select(1, input_pos), mask, cache, input_pos)
+
+    def _run(self, tokens, rope, image_index, mask: OmniMask, cache, start) -> torch.Tensor:
+        """Embed, the blocks, the output head: the body of `forward` and `decode_step`."""
         x = self.embedding(tokens)  # (B, T, C)
         if self.code_projection is not None:
             code = tokens - (self.config.vocab_size - self.config.image_codes)
             is_code = (code >= 0)[..., None].to(x.dtype)
             x = x + self.code_projection(self.code_features[code.clamp_min(0)].to(x.dtype)) * is_code
         if self.image_position is not None and image_index is not None:
-            x = x + self._image_position_embedding(image_index)
+            inside = (image_index >= 0)[..., None].to(self.embedding.weight.dtype)
+            x = x + self.image_position(image_index.clamp_min(0)) * inside
         for block in self.blocks:
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, rope, mask, cache, start, use_reentrant=False)
@@ -412,8 +454,7 @@ class Transformer(nn.Module):
             weight = torch.cat([weight[:-k], weight[-k:] + looks])
         return F.linear(h, weight)  # (B, T, V)
 
-    def _image_position_embedding(self, image_index: torch.Tensor) -> torch.Tensor:
-        inside = image_index >= 0
+    def _check_image_index(self, image_index: torch.Tensor) -> None:
         # Checked where it costs nothing (a CPU tensor); on a GPU it would sync every step, and
         # training (resolve_image_fields) and load_pretrained check the grid against the model.
         if (
@@ -425,6 +466,3 @@ class Transformer(nn.Module):
                 f"an image block of {int(image_index.max()) + 1} codes is longer than the model's "
                 f"image_positions {self.config.image_positions}: was the model trained with another VQ?"
             )
-        return self.image_position(image_index.clamp_min(0)) * inside[..., None].to(
-            self.embedding.weight.dtype
-        )

@@ -55,6 +55,9 @@ class OmniPipeline:
     vq: VQModel
     generation: dict = field(default_factory=dict)
     folder: Path | None = None
+    compile: bool = False
+    """Run each sampling step compiled (`omni.generate.Decoder`): the first call of each batch shape
+    compiles (seconds), later ones run faster; same outputs as uncompiled."""
 
     @property
     def device(self) -> torch.device:
@@ -153,6 +156,7 @@ class OmniPipeline:
             max_new_tokens=min(max_new, room),
             temperature=self._option("text_temperature", temperature),
             generator=self._generator(seed),
+            compile=self.compile,
         )
         return [self.tokenizer.decode(row).strip() for row in ids]
 
@@ -299,6 +303,7 @@ class OmniPipeline:
                 temperature=temperature,
                 generator=generator,
                 initial=initial,
+                compile=self.compile,
             )
         return generate_images_ar(
             self.model,
@@ -310,6 +315,7 @@ class OmniPipeline:
             top_k=self._option("top_k", None),
             generator=generator,
             initial=initial,
+            compile=self.compile,
         )
 
     def _region_codes(self, region) -> torch.Tensor:
@@ -353,9 +359,13 @@ def usable_device(device: str | torch.device) -> torch.device:
 
 
 def load_pretrained(
-    folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    folder: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    compile: bool = False,
 ) -> OmniPipeline:
-    """Load a model folder written by `omni train` (see omni.checkpoint for its layout)."""
+    """Load a model folder written by `omni train` (see omni.checkpoint for its layout);
+    `compile=True` samples with compiled steps (`OmniPipeline.compile`)."""
     folder = Path(folder)
     device = usable_device(device)
     meta = read_config(folder)
@@ -365,4 +375,6 @@ def load_pretrained(
     except VQFolderError as e:
         raise ModelFolderError(str(e)) from e
     model = load_model(folder, device=device, dtype=dtype, config=meta["model"])
-    return OmniPipeline(model, meta["vocab"], assets.tokenizer, vq, dict(meta["generation"]), folder)
+    return OmniPipeline(
+        model, meta["vocab"], assets.tokenizer, vq, dict(meta["generation"]), folder, compile=compile
+    )

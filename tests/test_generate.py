@@ -174,29 +174,111 @@ def test_mask_generation_with_the_prompt_cached_equals_recomputation(setup, mode
 
 
 @pytest.mark.parametrize("mode", ["mask", "ar"])
-def test_the_image_block_after_a_cached_prompt_gets_the_logits_of_the_whole_sequence(setup, mode):
-    """What the cached mask sampler computes at each step, checked on the logits themselves."""
-    from omni.generate import layout, prefill
+def test_the_image_block_after_a_cached_prompt_gets_the_logits_of_the_whole_sequence(
+    setup, mode, monkeypatch
+):
+    """What the cached mask sampler computes at each step, checked on the logits themselves, by
+    the eager step and by the static-shape step (`Transformer.decode_step`, uncompiled here)."""
+    import omni.generate
+    from omni.generate import Decoder, layout
 
+    monkeypatch.setattr(omni.generate, "_run_compiled_step", lambda model, *args: model.decode_step(*args))
     tok, vocab, models = setup
     model = models[mode]
     prompts = Grammar(vocab).guided_t2i_prompts(
         [tok.encode("a red circle"), tok.encode("a cyan square")], 2.0
     )
-    batch = layout(prompts, GRID + 1, vocab.special("pad"), new_image=(0, GRID))
+    batch = layout(prompts, GRID, vocab.special("pad"), new_image=(0, GRID))
     width = batch.tokens.shape[1]
     image = torch.randint(0, vocab.codebook_size, (len(prompts), GRID)) + vocab.image_offset
-    block = torch.cat([image, torch.full((len(prompts), 1), vocab.special("eoi"))], dim=1)
     with torch.no_grad():
         full = model(
-            torch.cat([batch.tokens, block], 1),
+            torch.cat([batch.tokens, image], 1),
             batch.vis,
             positions=batch.positions,
             image_index=batch.image_index,
+        )[:, width:]
+        for static in (False, True):
+            decoder = Decoder(model, batch, compile=static)
+            decoder.prefill()
+            for _ in range(2):  # a second step writes the block again over the first
+                cached = decoder.step(image, width)
+            assert torch.allclose(cached, full, atol=1e-5), (static, (cached - full).abs().max())
+
+
+def test_draw_follows_the_probabilities_and_never_picks_an_impossible_token():
+    from omni.generate import draw
+
+    probs = torch.tensor([[0.0, 0.7, 0.0, 0.3, 0.0]]).expand(20000, -1)
+    picks = draw(probs, torch.Generator().manual_seed(0))
+    counts = torch.bincount(picks, minlength=5).float() / len(picks)
+    assert counts[[0, 2, 4]].sum() == 0
+    assert abs(counts[1] - 0.7) < 0.02 and abs(counts[3] - 0.3) < 0.02
+    # a one-hot row always gives its token, also unnormalised and at the last index
+    assert draw(torch.tensor([[0.0, 0.0, 2.5]] * 50)).eq(2).all()
+
+
+def sharpened(model):
+    """A copy with sharp attention and logits: an untrained model's are nearly flat, and would let a
+    wrong position or a wrong key go unnoticed."""
+    import copy
+
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "wqkv" in name or name == "output.weight":
+                p.mul_(30)
+    return model
+
+
+def compiled_and_eager_runs(tok, vocab, models):
+    """(name, compiled output, eager output) of each sampler, same seeds."""
+    captions = [tok.encode("a red circle"), tok.encode("a blue square on the left of a green triangle")]
+    codes = torch.randint(0, vocab.codebook_size, (3, GRID), generator=torch.Generator().manual_seed(1))
+    prompts = [image_prompt(vocab, c.tolist()) for c in codes]
+    initial = torch.full((2, GRID), -1)
+    initial[1, ::4] = 9
+    ar, mask = sharpened(models["ar"]), sharpened(models["mask"])
+    runs = {
+        "text": lambda **o: generate_text(ar, vocab, prompts, max_new_tokens=8, temperature=0.7, **o),
+        "ar": lambda **o: generate_images_ar(ar, vocab, captions, GRID, guidance=2.0, **o),
+        "ar, inpainting": lambda **o: generate_images_ar(
+            ar, vocab, captions, GRID, guidance=0.0, initial=initial, **o
+        ),
+        "mask": lambda **o: generate_images_mask(mask, vocab, captions, GRID, steps=4, **o),
+    }
+    for name, run in runs.items():
+        yield (
+            name,
+            run(compile=True, generator=torch.Generator().manual_seed(3)),
+            run(generator=torch.Generator().manual_seed(3)),
         )
-        cache, _ = prefill(model, batch, GRID + 1, use_cache=True)
-        cached = model(
-            block, batch.vis, positions=batch.positions[:, width:], cache=cache, start=width,
-            image_index=batch.image_index[:, width:],
-        )  # fmt: skip
-    assert torch.allclose(cached, full[:, width:], atol=1e-5), (cached - full[:, width:]).abs().max()
+
+
+def test_compiled_samplers_give_what_the_eager_ones_give(setup):
+    """The static-shape step under torch.compile (text, ar, ar inpainting, mask): same seed, same
+    tokens and codes as the eager samplers; a sampler that ignored the cache or shifted a position
+    would differ (the models are sharpened)."""
+    import omni.generate
+
+    tok, vocab, models = setup
+    for name, compiled, eager in compiled_and_eager_runs(tok, vocab, models):
+        assert compiled == eager if name == "text" else torch.equal(compiled, eager), name
+    assert omni.generate._compile_failed is None  # it did compile (a C++ compiler is on every host we test)
+
+
+def test_where_compiling_fails_the_samplers_warn_once_and_give_the_same_outputs(setup, monkeypatch):
+    import torch._inductor.config
+
+    import omni.generate
+
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/no/such/compiler"))
+    monkeypatch.setattr(omni.generate, "_compiled_decode_step", None)
+    monkeypatch.setattr(omni.generate, "_compile_failed", None)
+    torch._dynamo.reset()  # forget what the test before compiled
+    tok, vocab, models = setup
+    with pytest.warns(UserWarning, match="torch.compile does not work here") as caught:
+        for name, compiled, eager in compiled_and_eager_runs(tok, vocab, models):
+            assert compiled == eager if name == "text" else torch.equal(compiled, eager), name
+    assert len([w for w in caught if "torch.compile" in str(w.message)]) == 1
+    torch._dynamo.reset()

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     common.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     common.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the sampling step (torch.compile): seconds to start, faster after; same outputs",
+    )
+    common.add_argument(
         "--scale",
         type=_number(int, at_least=1, at_most=32),
         default=4,
@@ -170,7 +175,7 @@ def run(args) -> dict:
         raise ValueError(
             f"--out {out} holds the input {inside[0]}, which its replacement would delete; write to another --out"
         )
-    pipe = load_pretrained(args.model, device=args.device)
+    pipe = load_pretrained(args.model, device=args.device, compile=args.compile)
     with writing_folder(out, "samples", what="--out") as tmp:  # a run's outputs appear whole
         return _run(args, pipe, out, tmp)
 

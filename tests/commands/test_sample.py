@@ -48,6 +48,7 @@ def test_every_subcommand_explains_its_flags(capsys):
 
 
 def test_t2i_writes_images_grid_and_json_reproducibly(tiny_releases, tmp_path):
+    """Same seed, same images; also with the compiled sampling step (--compile)."""
     model = tiny_releases["mask"]
     prompts = ["a red circle on the left", "a blue square above a green triangle"]
     a, b = tmp_path / "a", tmp_path / "b"
@@ -55,8 +56,12 @@ def test_t2i_writes_images_grid_and_json_reproducibly(tiny_releases, tmp_path):
         run("t2i", "--model", model, "--out", a, "--per-prompt", 2, "--steps", 2, "--seed", 3, *prompts) == 0
     )
     assert (
-        run("t2i", "--model", model, "--out", b, "--per-prompt", 2, "--steps", 2, "--seed", 3, *prompts) == 0
-    )
+        run(
+            "t2i", "--model", model, "--out", b, "--per-prompt", 2, "--steps", 2, "--seed", 3, "--compile",
+            *prompts,
+        )
+        == 0
+    )  # fmt: skip
     record = results(a)
     assert [i["prompt"] for i in record["items"]] == [prompts[0]] * 2 + [prompts[1]] * 2
     assert record["settings"]["steps"] == 2 and record["settings"]["seed"] == 3
