@@ -1,14 +1,21 @@
-"""Training throughput of the unified Transformer: tokens/s and the fraction of matmul peak achieved.
+"""Training throughput of the unified Transformer: the path training takes here beside today's
+reference, measured in one run, and the fraction of matmul peak achieved.
 
-    python bench/train_throughput.py                          # the shapes config, fp32, this CPU
-    python bench/train_throughput.py --preset 100m --seq-len 4096 --batch 8   # on a GPU: bf16
+    python bench/train_throughput.py                          # the shapes config on this machine
+    python bench/train_throughput.py --breakdown              # + where one step's time goes, both paths
+    python bench/train_throughput.py --preset 100m --seq-len 4096 --batch 8   # on a GPU
 
-Each step is a full optimiser step (forward, backward, AdamW) on packed rows shaped like the
-shapes training data (documents of text followed by a 64-token bidirectional image block).
-FLOPs per token are 6 N (N: parameters in matmuls, i.e. without the input embedding) plus
-12 L T d for attention (PaLM's accounting). The peak is measured in the same process: the best
-of several large square matmuls in the same dtype (fp32 on a CPU, bf16 on a GPU). Prints one
-JSON object last with `tokens_per_s` and `peak_fraction` (achieved FLOP/s / measured peak).
+The path: the precision `trainer.precision: auto` picks on this machine (bf16 mixed where bf16
+matmuls measure clearly faster, else fp32: omni.training.precision) and the blocks compiled
+(`model.compile`, as configs/shapes/model.yaml trains); the reference: fp32, eager. The two
+alternate in timed windows, each a fresh model from the same initial weights. Each step is a
+full optimiser step (forward, backward, AdamW) on packed rows shaped like the shapes training
+data (documents of text followed by a 64-token bidirectional image block). FLOPs per token are
+6 N (N: parameters in matmuls, i.e. without the input embedding) plus 12 L T d for attention
+(PaLM's accounting); the peak is the best of large square matmuls in the path's dtype, measured
+in the same process. Prints one JSON object last: `tokens_per_s`, `tokens_per_s_reference`,
+`speedup`, `dtype`, `peak_fraction` (of the path, against its dtype's peak) and
+`peak_fraction_reference`.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import torch
 from omni.grammar import IGNORE, Placed, lay_out
 from omni.model import ModelConfig, Transformer
 from omni.training.loss import training_loss
+from omni.training.precision import choose_precision, matmul_tflops, sync
 
 # The shapes demo's model (configs/shapes/model.yaml) with its vocabulary (391 BPE + 256 codes)
 # and the image fields its VQ gives it (8x8 codes of 4x4 RGB patches).
@@ -36,27 +44,6 @@ SHAPES = dict(
     image_codes=256,
     image_features=48,
 )
-
-
-def matmul_peak(device: str, dtype: torch.dtype, n: int, seconds: float) -> float:
-    """Best FLOP/s of n x n @ n x n matmuls over `seconds`."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best, deadline = 0.0, time.perf_counter() + seconds
-    torch.mm(a, b)
-    while time.perf_counter() < deadline:
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(4 if device == "cpu" else 50):
-            torch.mm(a, b)
-        sync(device)
-        best = max(best, (4 if device == "cpu" else 50) * 2 * n**3 / (time.perf_counter() - start))
-    return best
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def packed_batch(
@@ -85,6 +72,27 @@ def packed_batch(
     )
 
 
+def breakdown(step, steps: int = 3) -> dict[str, float]:
+    """Milliseconds per step by kind of work (the profiler's self time of each operator)."""
+    from torch.profiler import profile
+
+    kinds = {
+        "matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::linear", "mkl", "onednn"),
+        "attention": ("scaled_dot_product", "flash_attention"),
+        "optimizer": ("Optimizer", "_foreach", "addcmul", "lerp", "addcdiv"),
+        "compiled fused element-wise": ("graph_", "CompiledFxGraph", "Torch-Compiled", "TorchDynamo"),
+        "dtype casts and copies": ("aten::copy_", "aten::_to_copy", "aten::to"),
+    }
+    with profile() as prof:
+        for _ in range(steps):
+            step()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        kind = next((k for k, marks in kinds.items() if any(m in event.key for m in marks)), "other")
+        totals[kind] = totals.get(kind, 0.0) + event.self_cpu_time_total / 1e3 / steps
+    return {k: round(v, 1) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -92,18 +100,19 @@ def main() -> None:
     )
     p.add_argument("--batch", type=int, default=8, help="rows per step (the shapes config trains on 8)")
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--seconds", type=float, default=20.0, help="timed training per measurement")
+    p.add_argument("--seconds", type=float, default=20.0, help="timed training per path")
+    p.add_argument("--windows", type=int, default=4, help="alternating timed windows per path")
     p.add_argument("--attention", default="auto", help="attention backend (auto, sdpa, flex, xformers)")
-    p.add_argument("--compile", action="store_true", help="torch.compile each block")
+    p.add_argument("--precision", default="auto", help="the path's precision: auto, bf16-mixed or 32-true")
+    p.add_argument("--no-compile", action="store_true", help="the path without torch.compile")
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    p.add_argument("--breakdown", action="store_true", help="profile one step of each path by kind of work")
     p.add_argument("--dim", type=int, help="override the preset's width")
     p.add_argument("--n-layers", type=int, help="override the preset's depth")
     p.add_argument("--n-heads", type=int, help="override the preset's query heads")
     args = p.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    torch.manual_seed(0)
     if args.preset == "shapes":
         config = ModelConfig(**SHAPES, attention=args.attention)
     else:
@@ -113,42 +122,64 @@ def main() -> None:
         if value is not None:
             setattr(config, field, value)
     config.__post_init__()  # re-validate the overridden shape
-    model = Transformer(config).to(device)
-    model.activation_checkpointing = args.checkpointing
-    if args.compile:
-        for block in model.blocks:
-            block.compile()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
-    tokens, targets, positions, vis, image_index = packed_batch(
-        args.batch, args.seq_len, config.vocab_size, device
-    )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+    choice = choose_precision(device) if args.precision == "auto" else None
+    precision = choice.precision if choice else args.precision
+    if choice:
+        print(choice)
+    batch = packed_batch(args.batch, args.seq_len, config.vocab_size, device)
 
-    def step():
-        with autocast:
-            logits = model(tokens, vis, positions=positions, image_index=image_index)
-            loss, _ = training_loss(logits, targets, z_loss=config.z_loss)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def make_step(bf16: bool, compiled: bool):
+        torch.manual_seed(0)
+        model = Transformer(config).to(device)
+        model.activation_checkpointing = args.checkpointing
+        if compiled:
+            for block in model.blocks:
+                block.compile()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+        tokens, targets, positions, vis, image_index = batch
 
-    for _ in range(3):  # warm-up (allocator, compilation)
-        step()
-    sync(device)
+        def step():
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(tokens, vis, positions=positions, image_index=image_index)
+                loss, _ = training_loss(logits, targets, z_loss=config.z_loss)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return model, step
+
+    paths = {
+        "path": make_step(precision.startswith("bf16"), not args.no_compile),
+        "reference": make_step(False, False),
+    }
+    warmup = {}
+    for name, (_, step) in paths.items():
+        start = time.perf_counter()
+        for _ in range(3):  # allocator, kernel choice, compilation
+            step()
+        sync(device)
+        warmup[name] = time.perf_counter() - start
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < args.seconds:
-        step()
-        steps += 1
-    sync(device)
-    elapsed = time.perf_counter() - start
-    tokens_per_s = steps * args.batch * args.seq_len / elapsed
+    steps, seconds = dict.fromkeys(paths, 0), dict.fromkeys(paths, 0.0)
+    for _ in range(args.windows):
+        for name, (_, step) in paths.items():
+            start = time.perf_counter()
+            while time.perf_counter() - start < args.seconds / args.windows:
+                step()
+                steps[name] += 1
+            sync(device)
+            seconds[name] += time.perf_counter() - start
+    rate = {name: steps[name] * args.batch * args.seq_len / seconds[name] for name in paths}
 
+    model = paths["path"][0]
     n = model.num_params(embedding=False)
     flops_per_token = 6 * n + 12 * config.n_layers * args.seq_len * config.dim
-    peak = matmul_peak(device, dtype, 2048 if device == "cpu" else 8192, 5.0 if device == "cpu" else 3.0)
-    achieved = tokens_per_s * flops_per_token
+    peak_n, peak_s = (2048, 3.0) if device == "cpu" else (8192, 3.0)
+    peak_fp32 = matmul_tflops(device, torch.float32, peak_n, peak_s)
+    peak = (
+        matmul_tflops(device, torch.bfloat16, peak_n, peak_s) if precision.startswith("bf16") else peak_fp32
+    )
     if device == "cuda":
         peak_memory = torch.cuda.max_memory_allocated() / 2**30
         device_name = torch.cuda.get_device_name()
@@ -157,7 +188,6 @@ def main() -> None:
         device_name = f"cpu x{torch.get_num_threads()} threads"
     result = {
         "device": device_name,
-        "dtype": str(dtype).removeprefix("torch."),
         "preset": args.preset,
         "dim": config.dim,
         "n_layers": config.n_layers,
@@ -165,15 +195,23 @@ def main() -> None:
         "batch": args.batch,
         "seq_len": args.seq_len,
         "attention": model.backend(device),
-        "compile": args.compile,
-        "steps": steps,
-        "tokens_per_s": round(tokens_per_s, 1),
+        "dtype": "bfloat16 mixed" if precision.startswith("bf16") else "float32",
+        "compile": not args.no_compile,
+        "tokens_per_s": round(rate["path"], 1),
+        "tokens_per_s_reference": round(rate["reference"], 1),
+        "speedup": round(rate["path"] / rate["reference"], 3),
+        "warmup_s": {k: round(v, 1) for k, v in warmup.items()},
         "flops_per_token": flops_per_token,
-        "achieved_tflops": round(achieved / 1e12, 4),
-        "matmul_peak_tflops": round(peak / 1e12, 4),
-        "peak_fraction": round(achieved / peak, 4),
+        "achieved_tflops": round(rate["path"] * flops_per_token / 1e12, 4),
+        "matmul_peak_tflops": round(peak, 4),
+        "peak_fraction": round(rate["path"] * flops_per_token / 1e12 / peak, 4),
+        "matmul_peak_tflops_fp32": round(peak_fp32, 4),
+        "peak_fraction_reference": round(rate["reference"] * flops_per_token / 1e12 / peak_fp32, 4),
         "peak_memory_gib": round(peak_memory, 2),
     }
+    if args.breakdown:
+        result["ms_per_step"] = {name: round(1e3 * seconds[name] / steps[name], 1) for name in paths}
+        result["breakdown_ms"] = {name: breakdown(step) for name, (_, step) in paths.items()}
     print(json.dumps(result))
 
 

@@ -197,6 +197,14 @@ PRESETS: dict[str, Architecture] = {
 }
 
 
+def _cpu_bf16_autocast(device: torch.device) -> bool:
+    return (
+        device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -399,7 +407,13 @@ class Transformer(nn.Module):
             vis = Visibility(torch.zeros_like(pos), pos)
         if positions is None:
             positions = torch.arange(start, start + t, device=tokens.device).expand(b, -1)
-        mask = OmniMask(vis, self.backend(tokens.device), self.config.n_heads, q_start=start, q_end=start + t)
+        backend = self.backend(tokens.device)
+        if backend == "sdpa" and self.config.attention == "auto" and _cpu_bf16_autocast(tokens.device):
+            # sdpa's CPU kernel is slower in bf16 than fp32, its backward most (the shapes model's
+            # attention, forward + backward: 21.8 ms in bf16 vs 12.1 ms written out): under bf16
+            # autocast on a CPU, auto writes attention out (bench/train_throughput.py measures it).
+            backend = "math"
+        mask = OmniMask(vis, backend, self.config.n_heads, q_start=start, q_end=start + t)
         if self.image_position is not None and image_index is not None:
             self._check_image_index(image_index)
         rope = rotary_tables(positions, self.config.head_dim, self.config.rope_base)

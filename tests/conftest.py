@@ -134,7 +134,8 @@ def tiny_train_command(assets, out: Path, *extra: str) -> list[str]:
     """`train.py fit` on the demo config shrunk to a tiny model over `model_assets`, writing under `out`.
 
     Checkpoints go to out/checkpoints, logs to out/logs, the release to out/model; `extra`
-    flags come last and win.
+    flags come last and win. fp32 and eager, unlike the demo (precision auto, compiled blocks):
+    exact comparisons stay exact, and no test pays a compilation it does not test.
     """
     import sys
 
@@ -158,6 +159,8 @@ def tiny_train_command(assets, out: Path, *extra: str) -> list[str]:
         "--model.warmup_steps=5",
         f"--model.export_dir={out}/model",
         "--trainer.max_time=null",
+        "--trainer.precision=32-true",
+        "--model.compile=false",
         "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={out}",
         f"--trainer.logger.init_args.save_dir={out}",
