@@ -194,7 +194,9 @@ def main() -> None:
         "params_non_embedding": n,
         "batch": args.batch,
         "seq_len": args.seq_len,
-        "attention": model.backend(device),
+        "attention": model.backend(device)
+        if not (precision.startswith("bf16") and device == "cpu" and args.attention == "auto")
+        else "math (auto under bf16 on a CPU)",
         "dtype": "bfloat16 mixed" if precision.startswith("bf16") else "float32",
         "compile": not args.no_compile,
         "tokens_per_s": round(rate["path"], 1),

@@ -103,6 +103,9 @@ def _check_outputs(cfg: dict, res, tmp_path) -> None:
 def test_every_config_starts_on_a_cpu(path, tmp_path, model_assets, shapes_dir):
     cfg, res = _start(path, "cpu", tmp_path, model_assets, shapes_dir)
     _check_outputs(cfg, res, tmp_path)
+    if cfg["trainer"].get("precision", "auto") == "auto":  # the demo's: measured, and the choice said
+        (line,) = [line for line in res.stdout.splitlines() if line.startswith("precision auto -> ")]
+        assert line.split()[3].rstrip(":") in ("bf16-mixed", "32-true"), line
     if "transformer" in cfg["model"]:
         import omni
 

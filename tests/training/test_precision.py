@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
 import torch
-from conftest import REPO, tiny_train_command
 
 from omni.training import precision
 from omni.training.cli import _training_device
@@ -46,21 +44,3 @@ def test_the_training_device_of_each_accelerator():
     assert _training_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="set trainer.precision"):
         _training_device("mps")
-
-
-@pytest.mark.slow
-def test_a_run_with_precision_auto_and_compiled_blocks_trains_and_releases(model_assets, tmp_path):
-    """The demo config's speed options together: the choice is printed, the run releases a model."""
-    out = tmp_path / "run"
-    cmd = tiny_train_command(
-        model_assets, out, "--trainer.precision=auto", "--model.compile=true", "--trainer.max_steps=6",
-        "--trainer.val_check_interval=6",
-    )  # fmt: skip
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    (line,) = [line for line in res.stdout.splitlines() if line.startswith("precision auto -> ")]
-    assert line.split()[3].rstrip(":") in ("bf16-mixed", "32-true")
-
-    import omni
-
-    assert omni.load_pretrained(out / "model").model.config.dim == 64
