@@ -3,6 +3,7 @@
     texts = generate_text(model, vocab, prompts, max_new_tokens=32)          # captions, answers, text
     codes = generate_images_mask(model, vocab, captions, grid=64, steps=12)  # MaskGIT / Show-o
     codes = generate_images_ar(model, vocab, captions, grid=64)              # raster, KV-cached
+    codes = generate_images_ar(model, vocab, captions, grid=64, compile=True)  # same codes, faster steps
 
 Prompts come from the token grammar (`omni.grammar.Grammar.prompt`): token ids, optionally with
 an image block, `Prompt(ids, image=(start, end))`.

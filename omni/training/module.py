@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 
 import lightning as L
 import torch
@@ -117,6 +118,10 @@ class OmniLitModule(L.LightningModule):
         if self.hparams.activation_checkpointing:
             self.model.activation_checkpointing = True
         if self.hparams.compile:
+            missing = _compiler_missing(self.trainer.strategy.root_device.type)
+            if missing:
+                warnings.warn(f"model.compile: {missing}; training runs the blocks uncompiled", stacklevel=2)
+                return
             for block in self.model.blocks:
                 block.compile()
 
@@ -294,3 +299,21 @@ class OmniLitModule(L.LightningModule):
         self.export()
         if self.hparams.export_dir and self.trainer.is_global_zero:
             log.warning("exported the model to %s", self.hparams.export_dir)
+
+
+def _compiler_missing(device_type: str) -> str | None:
+    """Why torch.compile cannot build kernels for `device_type` here (None: it can): inductor needs
+    a C++ compiler for CPUs and Triton for GPUs, and would otherwise fail at the first step."""
+    if device_type == "cpu":
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        try:
+            get_cpp_compiler()
+        except Exception as e:  # inductor's InvalidCxxCompiler, or the platform's own error
+            return f"no C++ compiler for torch.compile ({str(e).splitlines()[0]})"
+    elif device_type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "Triton is not installed, and torch.compile needs it on a GPU"
+    return None

@@ -1,4 +1,5 @@
-"""`trainer.precision: auto`: bf16 mixed precision only where this machine measures it clearly faster."""
+"""The training speed options: `trainer.precision: auto` (bf16 mixed only where this machine measures it
+clearly faster) and `model.compile` where no compiler runs."""
 
 from __future__ import annotations
 
@@ -44,3 +45,14 @@ def test_the_training_device_of_each_accelerator():
     assert _training_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="set trainer.precision"):
         _training_device("mps")
+
+
+def test_compiled_blocks_are_skipped_with_a_reason_where_no_compiler_runs(monkeypatch):
+    """model.compile on a CPU without a C++ compiler: a warning and eager blocks, not a crash at step 1."""
+    import torch._inductor.config
+
+    from omni.training.module import _compiler_missing
+
+    assert _compiler_missing("cpu") is None  # every host we test has one
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/no/such/compiler"))
+    assert "no C++ compiler" in _compiler_missing("cpu")
