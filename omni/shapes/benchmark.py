@@ -10,8 +10,10 @@ with "scene" and "qa"). The analyzer in `omni.shapes.analyzer` is the judge:
 * captioning: the greedy caption of the sample's image must describe exactly its scene;
 * VQA: every question of the sample, answered greedily, must match the expected answer.
 
-Each figure is split by one-object / two-object scenes; speeds are images/s and captions/s of
-the batched samplers on this machine.
+Each figure is split by one-object / two-object scenes and, where the shards flag held-out
+samples (`omni shapes make --holdout`: attribute combinations kept out of training), into
+`*_heldout` (those samples) and `*_seen` (the rest); speeds are images/s and captions/s of the
+batched samplers on this machine.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def validation_samples(pattern: str, n: int) -> list[dict]:
                 "caption": sample["txt"].decode().strip(),
                 "scene": Scene.from_dict(meta["scene"]),
                 "qa": meta.get("qa", []),
+                "heldout": bool(meta.get("heldout", False)),
             }
         )
     if not out:
@@ -64,12 +67,20 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
-def _split(hits: list[bool], scenes: list[Scene], prefix: str) -> dict:
-    """Accuracy overall and by object count."""
+def _split(hits: list[bool], samples: list[dict], prefix: str) -> dict:
+    """Accuracy overall, by object count and, where some samples are held out, held out vs seen."""
+
+    def accuracy(keep) -> float | None:
+        sel = [h for h, s in zip(hits, samples) if keep(s)]
+        return sum(sel) / len(sel) if sel else None
+
     report = {f"{prefix}": sum(hits) / max(len(hits), 1)}
     for name, count in (("one", 1), ("two", 2)):
-        sel = [h for h, s in zip(hits, scenes) if len(s.objects) == count]
-        report[f"{prefix}_{name}"] = sum(sel) / len(sel) if sel else None
+        report[f"{prefix}_{name}"] = accuracy(lambda s, count=count: len(s["scene"].objects) == count)
+    if any(s["heldout"] for s in samples):
+        report[f"{prefix}_heldout"] = accuracy(lambda s: s["heldout"])
+        report[f"{prefix}_seen"] = accuracy(lambda s: not s["heldout"])
+        report[f"{prefix}_heldout_n"] = sum(s["heldout"] for s in samples)
     return report
 
 
@@ -89,7 +100,6 @@ def benchmark_model(
     `examples` failures and successes of each task are kept in the report for reading.
     """
     samples = validation_samples(shards, n)
-    scenes = [s["scene"] for s in samples]
     report: dict = {"n": len(samples), "shards": shards, "settings": dict(pipe.generation)}
     shown: dict[str, list] = {}
 
@@ -111,7 +121,7 @@ def benchmark_model(
                             {"prompt": s["caption"], "ok": bool(result), "why": result.reason}
                         )
                 b.update(len(chunk))
-        report |= _split(hits, scenes, "t2i_accuracy")
+        report |= _split(hits, samples, "t2i_accuracy")
         report["images_per_second"] = len(samples) / seconds
 
     if "caption" in tasks:
@@ -127,7 +137,7 @@ def benchmark_model(
                     if len(shown.setdefault("caption", [])) < examples:
                         shown["caption"].append({"truth": s["caption"], "caption": text, "ok": bool(result)})
                 b.update(len(chunk))
-        report |= _split(hits, scenes, "caption_accuracy")
+        report |= _split(hits, samples, "caption_accuracy")
         report["captions_per_second"] = len(samples) / seconds
 
     if "vqa" in tasks:
@@ -144,7 +154,7 @@ def benchmark_model(
                             {"question": qa["question"], "expected": qa["answer"], "answer": answer, "ok": ok}
                         )
                 b.update(len(chunk))
-        report |= _split(hits, [s["scene"] for s, _ in pairs], "vqa_accuracy")
+        report |= _split(hits, [s for s, _ in pairs], "vqa_accuracy")
         report["vqa_questions"] = len(pairs)
 
     report["examples"] = shown

@@ -53,6 +53,7 @@ def test_a_perfect_model_scores_one_and_a_useless_one_zero(val):
             assert bad[key + part] == 0.0, key + part
     assert good["n"] == 20 and good["vqa_questions"] == sum(len(s["qa"]) for s in samples)
     assert good["images_per_second"] > 0 and good["captions_per_second"] > 0
+    assert not [key for key in good if "heldout" in key]  # nothing held out in these shards
 
 
 def test_command_line_on_a_tiny_release(tiny_releases, val, tmp_path, capsys):
@@ -81,3 +82,34 @@ def test_command_line_errors(tiny_releases, val, tmp_path, capsys):
         omni([*bench, "--model", str(tiny_releases["mask"]), "--tasks", "t2i,poetry"])
     with pytest.raises(SystemExit):
         omni(bench)
+
+
+def test_held_out_combinations_are_reported_apart(tmp_path):
+    """Shards made with --holdout: the held-out samples get their own figures (here the oracle is
+    right on seen scenes only, so heldout 0 and seen 1); shards without get no such keys."""
+    from omni.shapes.render import build
+
+    build(
+        tmp_path,
+        train=0,
+        val=40,
+        size=32,
+        seed=0,
+        per_shard=40,
+        holdout=["red circle", "blue"],
+        progress=False,
+    )
+    val = str(tmp_path / "val-*.tar")
+    samples = validation_samples(val, 40)
+    held = [s for s in samples if s["heldout"]]
+    assert 0 < len(held) < len(samples)
+
+    class SeenOnly(Oracle):
+        def caption(self, images):
+            right = super().caption(images)
+            return ["nothing" if self.by_image[i.tobytes()]["heldout"] else c for i, c in zip(images, right)]
+
+    report = benchmark_model(SeenOnly(samples), val, 40, batch_size=8, tasks=("caption",), progress=False)
+    assert report["caption_accuracy_heldout"] == 0.0 and report["caption_accuracy_seen"] == 1.0
+    assert report["caption_accuracy_heldout_n"] == len(held)
+    assert report["caption_accuracy"] == pytest.approx(1 - len(held) / len(samples))

@@ -110,3 +110,14 @@ def test_make_demo_runs_the_omni_demo_command():
     recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M).group(1)
     (line,) = [x.strip() for x in recipe.splitlines() if x.strip()]
     assert line.startswith("$(VENV)/bin/omni ") and find(line.split()[1:]) == (("demo",), [])
+
+
+def test_the_demo_holds_out_combinations_and_summarises_them_apart():
+    from omni.shapes.scenes import parse_holdout
+
+    (data,) = [argv for name, argv in demo.STAGES if name == "data"]
+    held = data[data.index("--holdout") + 1].split(",")
+    assert len(parse_holdout(held)) == len(demo.HELDOUT) >= 3
+    assert {"t2i_accuracy_heldout", "caption_accuracy_heldout", "vqa_accuracy_heldout"} <= set(
+        demo.SUMMARY_KEYS
+    )
