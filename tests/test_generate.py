@@ -272,12 +272,15 @@ def test_where_compiling_fails_the_samplers_warn_once_and_give_the_same_outputs(
 
     import omni.generate
 
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/no/such/compiler"))
     monkeypatch.setattr(omni.generate, "_compiled_decode_step", None)
     monkeypatch.setattr(omni.generate, "_compile_failed", None)
     torch._dynamo.reset()  # forget what the test before compiled
     tok, vocab, models = setup
-    with pytest.warns(UserWarning, match="torch.compile does not work here") as caught:
+    # torch's own patch: monkeypatch's undo deletes a torch config entry instead of restoring it
+    with (
+        torch._inductor.config.patch({"cpp.cxx": (None, "/no/such/compiler")}),
+        pytest.warns(UserWarning, match="torch.compile does not work here") as caught,
+    ):
         for name, compiled, eager in compiled_and_eager_runs(tok, vocab, models):
             assert compiled == eager if name == "text" else torch.equal(compiled, eager), name
     assert len([w for w in caught if "torch.compile" in str(w.message)]) == 1

@@ -47,12 +47,13 @@ def test_the_training_device_of_each_accelerator():
         _training_device("mps")
 
 
-def test_compiled_blocks_are_skipped_with_a_reason_where_no_compiler_runs(monkeypatch):
+def test_compiled_blocks_are_skipped_with_a_reason_where_no_compiler_runs():
     """model.compile on a CPU without a C++ compiler: a warning and eager blocks, not a crash at step 1."""
     import torch._inductor.config
 
     from omni.training.module import _compiler_missing
 
     assert _compiler_missing("cpu") is None  # every host we test has one
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/no/such/compiler"))
-    assert "no C++ compiler" in _compiler_missing("cpu")
+    with torch._inductor.config.patch({"cpp.cxx": (None, "/no/such/compiler")}):
+        assert "no C++ compiler" in _compiler_missing("cpu")
+    assert _compiler_missing("cpu") is None  # and the setting restored
