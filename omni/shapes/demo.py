@@ -118,10 +118,23 @@ SUMMARY_KEYS = (
 )  # fmt: skip
 
 
-def run_stages(names: list[str]) -> dict[str, float]:
+def seeded(stages: list[tuple[str, list[str]]], seed: int) -> list[tuple[str, list[str]]]:
+    """The stages with another seed for everything random: the data, and both trainings."""
+    out = []
+    for name, argv in stages:
+        argv = list(argv)
+        if "--seed" in argv:
+            argv[argv.index("--seed") + 1] = str(seed)
+        if "fit" in argv:
+            argv += ["--seed_everything", str(seed)]
+        out.append((name, argv))
+    return out
+
+
+def run_stages(names: list[str], seed: int = 0) -> dict[str, float]:
     """Run the named stages in order; minutes per stage. A failing stage stops the demo."""
     minutes = {}
-    for name, argv in STAGES:
+    for name, argv in seeded(STAGES, seed) if seed else STAGES:
         if name not in names:
             continue
         clear_previous_run(name)
@@ -203,9 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="start", choices=STAGE_NAMES, help="start at this stage")
     parser.add_argument("--only", choices=STAGE_NAMES, help="run only this stage (then summarize)")
     parser.add_argument("--list", action="store_true", help="print the stages and their commands")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data and of both trainings (default 0, the configs' own); another seed "
+        "measures the run-to-run spread (with --from model: the model's training alone)",
+    )
     args = parser.parse_args(argv)
     if args.list:
-        for name, cmd in STAGES:
+        for name, cmd in seeded(STAGES, args.seed) if args.seed else STAGES:
             print(f"{name:<10} {' '.join(cmd)}")
         return 0
     names = (
@@ -217,6 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     if names and names[0] == STAGE_NAMES[0]:
         (DEMO / "summary.json").unlink(missing_ok=True)  # a full run starts a fresh summary
-    summary = summarize(run_stages(names))
+    summary = summarize(run_stages(names, args.seed))
     print(table(summary))
     return 0

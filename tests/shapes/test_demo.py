@@ -121,3 +121,13 @@ def test_the_demo_holds_out_combinations_and_summarises_them_apart():
     assert {"t2i_accuracy_heldout", "caption_accuracy_heldout", "vqa_accuracy_heldout"} <= set(
         demo.SUMMARY_KEYS
     )
+
+
+def test_another_seed_reaches_the_data_and_both_trainings(capsys):
+    stages = dict(demo.seeded(demo.STAGES, 7))
+    assert stages["data"][stages["data"].index("--seed") + 1] == "7"
+    for name in ("vq", "model"):
+        assert stages[name][-2:] == ["--seed_everything", "7"], name
+    assert stages["benchmark"] == dict(demo.STAGES)["benchmark"]
+    assert demo.main(["--list", "--seed", "7"]) == 0
+    assert "--seed_everything 7" in capsys.readouterr().out
