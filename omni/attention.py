@@ -98,10 +98,9 @@ def build_visibility(segments: Sequence[Sequence[Segment]], length: int) -> Visi
 
 
 def reference_attention(q, k, v, vis: Visibility) -> torch.Tensor:
-    """Naive softmax attention with the omni mask; (B, H, T, D) in and out. For tests."""
-    scores = (q @ k.transpose(-2, -1)) / q.shape[-1] ** 0.5
-    scores = scores.masked_fill(~vis.dense_mask(), float("-inf"))
-    return scores.softmax(-1) @ v
+    """Softmax attention written out with the omni mask; (B, H, T, D) in and out (the reference
+    the fused backends are tested against)."""
+    return math_attention(q, k, v, vis.dense_mask())
 
 
 def math_attention(q, k, v, mask: torch.Tensor) -> torch.Tensor:
@@ -193,7 +192,7 @@ class OmniMask:
 
     @classmethod
     def prebuilt(cls, mask: torch.Tensor) -> OmniMask:
-        """An `sdpa` mask from its dense rows (B, 1, Tq, Tk), e.g. picked from `dense_mask()`."""
+        """A `math` mask from its dense rows (B, 1, Tq, Tk), e.g. picked from `dense_mask()`."""
         self = cls.__new__(cls)
         self.backend, self.data = "math", mask
         return self

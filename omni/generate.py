@@ -76,15 +76,18 @@ def layout(
     bidirectional: bool = True,
     device=None,
     width_multiple: int = 1,
+    max_length: int | None = None,
 ) -> Batch:
     """Left-pad prompts; each row is one document: its prompt, then the `new_tokens` to generate.
 
     `new_image` marks a block [start, end) of the generated part (relative to its first position)
     as an image, bidirectional in mask mode; an image inside a prompt is read (bidirectional).
     `width_multiple` pads the prompts to a multiple of it, so that batches of similar prompts share
-    one shape (a compiled step is traced once per shape).
+    one shape (a compiled step is traced once per shape), never beyond `max_length` in all.
     """
-    width = -(-max(len(p.ids) for p in prompts) // width_multiple) * width_multiple
+    width = max(len(p.ids) for p in prompts)
+    padded = -(-width // width_multiple) * width_multiple
+    width = max(width, min(padded, max_length - new_tokens)) if max_length else padded
     length = width + new_tokens
     tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     rows, pads = [], []
@@ -180,7 +183,7 @@ def generate_text(
     check_generator(generator, device)
     batch = layout(
         prompts, max_new_tokens, vocab.special("pad"), device=device,
-        width_multiple=COMPILED_WIDTH_MULTIPLE if compile else 1,
+        width_multiple=COMPILED_WIDTH_MULTIPLE if compile else 1, max_length=model.config.max_seq_len,
     )  # fmt: skip
     allowed = vocab.text_id_mask(device)
     eos = vocab.special("eos")
@@ -343,7 +346,7 @@ def generate_images_mask(
     prompts = Grammar(vocab).guided_t2i_prompts(captions, guidance)
     batch = layout(
         prompts, grid, vocab.special("pad"), new_image=(0, grid), device=device,
-        width_multiple=COMPILED_WIDTH_MULTIPLE if compile else 1,
+        width_multiple=COMPILED_WIDTH_MULTIPLE if compile else 1, max_length=model.config.max_seq_len,
     )  # fmt: skip
     decoder = Decoder(model, batch, use_cache, compile)
     if decoder.cache is not None:
@@ -414,7 +417,7 @@ def generate_images_ar(
     prompts = Grammar(vocab).guided_t2i_prompts(captions, guidance)
     batch = layout(
         prompts, grid, vocab.special("pad"), new_image=(0, grid), bidirectional=False, device=device,
-        width_multiple=COMPILED_WIDTH_MULTIPLE if compile else 1,
+        width_multiple=COMPILED_WIDTH_MULTIPLE if compile else 1, max_length=model.config.max_seq_len,
     )  # fmt: skip
     image_ids = vocab.image_id_mask(device)
     decoder = Decoder(model, batch, use_cache, compile)

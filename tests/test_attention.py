@@ -143,3 +143,33 @@ def test_gpu_backends_match_sdpa_forward_and_backward():
         out.backward(grad)
         for a, b in ((q, q2), (k, k2), (v, v2)):
             assert torch.allclose(a.grad, b.grad, atol=2e-3), backend
+
+
+def test_the_math_backend_and_its_use_under_bf16_agree_with_sdpa():
+    """`math` through OmniMask (grouped queries too) gives sdpa's result; a model whose attention is
+    `auto` takes it under bf16 autocast on a CPU and keeps sdpa in fp32, with the same logits."""
+    from omni.attention import OmniMask
+    from omni.model import ModelConfig, Transformer
+
+    vis = _batch_vis()
+    q, _, _ = _qkv()
+    k, v = (torch.randn(2, 1, 16, 8, generator=torch.Generator().manual_seed(i)) for i in (1, 2))
+    out = OmniMask(vis, "math", heads=2).attend(q, k, v)
+    assert torch.allclose(out, OmniMask(vis, "sdpa", heads=2).attend(q, k, v), atol=1e-5)
+
+    model = Transformer(ModelConfig.from_name("tiny", vocab_size=50)).eval()
+    tokens = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(3))
+    used = []
+    original = OmniMask.__init__
+
+    def spy(self, vis, backend, *args, **kwargs):
+        used.append(backend)
+        original(self, vis, backend, *args, **kwargs)
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(OmniMask, "__init__", spy)
+        fp32 = model(tokens, vis)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(tokens, vis)
+    assert used == ["sdpa", "math"]
+    assert (bf16.float() - fp32).abs().max() < 0.05 * fp32.abs().max()
