@@ -25,7 +25,7 @@ import torch
 
 from omni.checks import check_number
 from omni.grammar import Grammar, Placed, Prompt, lay_out
-from omni.model import KVCache, Transformer, rotary_tables
+from omni.model import KVCache, Transformer
 from omni.vocab import Vocab
 
 # Sampling defaults written into a release's config.json ("generation"); calls override them.
@@ -235,7 +235,7 @@ class Decoder:
         self.static = None
         if compile:
             # What the compiled step reads of the whole sequence, made once per batch.
-            rope = rotary_tables(batch.positions, model.config.head_dim, model.config.rope_base)
+            rope = model.rotary(batch.positions, batch.image_index)
             self.static = (rope, batch.image_index, batch.vis.dense_mask())
 
     def prefill(self) -> torch.Tensor:

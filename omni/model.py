@@ -69,6 +69,12 @@ class Architecture:
     """Learn one position embedding per image-token index (as many as the VQ's grid has codes),
     added to the code embedding (MaskGIT/ViT style): a code knows where in the image it sits
     without counting its distance to <boi>. Off: rotary positions only."""
+    grid_rotary: bool = False
+    """Rotate image tokens by where they sit in the grid (2-D rotary, as Qwen2-VL's M-RoPE): of the
+    rotary frequencies, every third turns with the image's first position, the next with that
+    plus the token's row, the next plus its column; text turns all of them with its position. Two
+    codes then see their offset in rows and columns (1-D positions in a raster mix the two), and
+    text sees an image as one block. Needs image_positions (a square grid)."""
     image_features: bool = False
     """Add a fixed table of what each code looks like (its decoded RGB patch, 3*f*f values;
     `VQModel.code_appearance`), projected by a learned matrix, to the code embeddings: codes that
@@ -174,6 +180,13 @@ class ModelConfig(Architecture):
         }
         for name, rule in rules.items():
             check_number(f"model.{name}", getattr(self, name), **rule)
+        if self.grid_rotary and (
+            not self.image_positions or math.isqrt(self.image_positions) ** 2 != self.image_positions
+        ):
+            raise ValueError(
+                f"bad model config: grid_rotary needs image_positions on a square grid, got "
+                f"image_positions {self.image_positions}"
+            )
         if self.image_features and not 0 < self.image_codes <= self.vocab_size:
             raise ValueError(
                 f"bad model config: image_features needs 0 < image_codes <= vocab_size "
@@ -216,12 +229,30 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
 
 
-def rotary_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (B, T, 1, head_dim/2) for integer positions (B, T); computed in fp32."""
+def rotary_tables(
+    positions: torch.Tensor,
+    head_dim: int,
+    base: float,
+    image_index: torch.Tensor | None = None,
+    grid_side: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (B, T, 1, head_dim/2) for integer positions (B, T); computed in fp32.
+
+    With `image_index` (B, T; -1 outside images) and a `grid_side`, image tokens are rotated in
+    2-D (`Architecture.grid_rotary`): frequency j turns with the image's first position plus 0,
+    the token's row or its column for j % 3 = 0, 1, 2.
+    """
     inv_freq = base ** -(
         torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
     )
     angles = positions.float()[..., None] * inv_freq  # (B, T, D/2)
+    if image_index is not None and grid_side:
+        index = image_index.clamp_min(0)
+        first = positions - index  # every code of an image shares its first code's position
+        axes = torch.stack([first, first + index // grid_side, first + index % grid_side], dim=-1)
+        section = torch.arange(inv_freq.shape[0], device=positions.device) % 3
+        grid_angles = axes.float()[..., section] * inv_freq
+        angles = torch.where((image_index >= 0)[..., None], grid_angles, angles)
     return angles.cos()[:, :, None], angles.sin()[:, :, None]
 
 
@@ -416,8 +447,12 @@ class Transformer(nn.Module):
         mask = OmniMask(vis, backend, self.config.n_heads, q_start=start, q_end=start + t)
         if self.image_position is not None and image_index is not None:
             self._check_image_index(image_index)
-        rope = rotary_tables(positions, self.config.head_dim, self.config.rope_base)
-        return self._run(tokens, rope, image_index, mask, cache, start)
+        return self._run(tokens, self.rotary(positions, image_index), image_index, mask, cache, start)
+
+    def rotary(self, positions: torch.Tensor, image_index: torch.Tensor | None = None):
+        """The rotary tables of tokens at `positions` (B, T), in 2-D for image tokens with `grid_rotary`."""
+        side = math.isqrt(self.config.image_positions) if self.config.grid_rotary else 0
+        return rotary_tables(positions, self.config.head_dim, self.config.rope_base, image_index, side)
 
     def decode_step(
         self,
@@ -433,7 +468,7 @@ class Transformer(nn.Module):
         once (gpt-fast's decode step) for all the steps of a generation.
 
         The rest describes the whole sequence of L = cache length positions, made once per batch:
-        `rope` (`rotary_tables` of the positions, (B, L, 1, D/2) each), `image_index` (B, L) and
+        `rope` (`Transformer.rotary` of the positions, (B, L, 1, D/2) each), `image_index` (B, L) and
         `visible` (B, 1, L, L) (`Visibility.dense_mask()`); the rows of `input_pos` are picked here.
         """
         rope = tuple(table.index_select(1, input_pos) for table in rope)

@@ -26,8 +26,9 @@ def setup(model_assets):
     tok = TextTokenizer.from_file(model_assets.tokenizer)
     vocab = Vocab.build(tok, codebook_size=64)
     torch.manual_seed(0)
-    # Learned image positions in both, and the code appearance table (random here, with its
-    # zero-initialised projections made non-zero) in ar: the samplers must feed them alike.
+    # Learned image positions in both, and in ar the code appearance table (random here, with its
+    # zero-initialised projections made non-zero) and 2-D rotary positions: the samplers must
+    # feed them alike.
     models = {
         mode: Transformer(
             ModelConfig.from_name(
@@ -37,6 +38,7 @@ def setup(model_assets):
                 image_positions=GRID,
                 image_codes=64 if mode == "ar" else 0,
                 image_features=12 if mode == "ar" else 0,
+                grid_rotary=mode == "ar",
             )
         ).eval()
         for mode in ("mask", "ar")

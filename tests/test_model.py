@@ -10,7 +10,7 @@ import torch
 
 from omni.attention import Visibility
 from omni.data.packing import Packer, TaskBuilder
-from omni.model import PRESETS, Architecture, KVCache, ModelConfig, Transformer
+from omni.model import PRESETS, Architecture, KVCache, ModelConfig, Transformer, apply_rotary
 from omni.tokenizers.text import TextTokenizer
 from omni.training.loss import token_losses, training_loss
 from omni.vocab import Vocab
@@ -138,6 +138,33 @@ def test_image_positions_and_code_appearance_table(model_assets):
     with pytest.raises(ValueError, match="longer than the model's image_positions 16"):
         model(tokens[:, :4], vis, image_index=torch.full((tokens.shape[0], 4), 16))
     assert model.num_params() == plain.num_params() + 2 * 12 * config.dim
+
+
+def test_grid_rotary_turns_image_tokens_by_row_and_column():
+    config = ModelConfig.from_name("tiny", vocab_size=300, image_positions=16, grid_rotary=True)
+    model, plain = Transformer(config), Transformer(dataclasses.replace(config, grid_rotary=False))
+    # Two documents: text, then a 4x4 image from position 3 (row) and position 7 (second row).
+    positions = torch.tensor([list(range(24)), list(range(24))])
+    index = torch.full((2, 24), -1)
+    index[0, 3:19], index[1, 7:23] = torch.arange(16), torch.arange(16)
+    cos, sin = model.rotary(positions, index)
+    cos0, sin0 = plain.rotary(positions, index)
+    text = index < 0
+    assert torch.equal(cos[text], cos0[text]) and torch.equal(sin[text], sin0[text])
+    assert not torch.allclose(cos[~text], cos0[~text])
+
+    def score(row, a, b):  # one head's attention logit between tokens a and b of a row
+        q, k = torch.ones(1, 24, 1, config.head_dim), torch.ones(1, 24, 1, config.head_dim)
+        q = apply_rotary(q, cos[row : row + 1], sin[row : row + 1])
+        k = apply_rotary(k, cos[row : row + 1], sin[row : row + 1])
+        return float(q[0, a, 0] @ k[0, b, 0])
+
+    # codes (0,0)->(1,1) in one image and (2,1)->(3,2) in the other: the same offset, the same logit
+    assert score(0, 3, 3 + 5) == pytest.approx(score(1, 7 + 9, 7 + 14), abs=1e-5)
+    # index 3 -> 4 is one step in raster order, but a row down and three columns left
+    assert score(0, 3 + 3, 3 + 4) != pytest.approx(score(0, 3 + 4, 3 + 5), abs=1e-3)
+    with pytest.raises(ValueError, match="grid_rotary needs image_positions on a square grid"):
+        ModelConfig.from_name("tiny", vocab_size=300, image_positions=12, grid_rotary=True)
 
 
 def test_activation_checkpointing_gives_the_same_gradients(model_assets):

@@ -22,6 +22,7 @@ import argparse
 import io
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from omni.shapes.analyzer import check_answer, evaluate_shards, find_objects, match_scene, score_caption
-from omni.shapes.scenes import Scene
+from omni.shapes.scenes import Scene, question_kind
 
 
 def validation_samples(pattern: str, n: int) -> list[dict]:
@@ -84,6 +85,19 @@ def _split(hits: list[bool], samples: list[dict], prefix: str) -> dict:
     return report
 
 
+def failure_counts(reasons: list[str]) -> dict[str, int]:
+    """How many failures of each kind: the analyzer's reason up to its colon ("relation", "objects")."""
+    return dict(Counter(reason.split(":")[0] for reason in reasons if reason).most_common())
+
+
+def by_question_kind(hits: list[bool], questions: list[str]) -> dict[str, float]:
+    """VQA accuracy per question template (`omni.shapes.scenes.question_kind`)."""
+    kinds: dict[str, list[bool]] = {}
+    for hit, question in zip(hits, questions):
+        kinds.setdefault(question_kind(question), []).append(hit)
+    return {kind: sum(h) / len(h) for kind, h in sorted(kinds.items())}
+
+
 def benchmark_model(
     pipe,
     shards: str,
@@ -97,7 +111,9 @@ def benchmark_model(
 ) -> dict:
     """Score an `OmniPipeline` on the first `n` validation samples; returns the report dict.
 
-    `examples` failures and successes of each task are kept in the report for reading.
+    `examples` failures and successes of each task are kept in the report for reading, with
+    the count of each kind of failure (`t2i_failures`, `caption_failures`: wrong objects, wrong
+    relation, ...) and VQA's accuracy per kind of question (`vqa_by_question`).
     """
     samples = validation_samples(shards, n)
     report: dict = {"n": len(samples), "shards": shards, "settings": dict(pipe.generation)}
@@ -107,7 +123,7 @@ def benchmark_model(
         return tqdm(total=total, desc=desc, unit="sample", disable=not progress)
 
     if "t2i" in tasks:
-        hits, seconds = [], 0.0
+        hits, seconds, reasons = [], 0.0, []
         with bar(len(samples), "text-to-image") as b:
             for i, chunk in enumerate(_batches(samples, batch_size)):
                 start = time.perf_counter()
@@ -116,16 +132,18 @@ def benchmark_model(
                 for s, image in zip(chunk, images):
                     result = match_scene(s["scene"], find_objects(image))
                     hits.append(bool(result))
+                    reasons.append(result.reason)
                     if len(shown.setdefault("t2i", [])) < examples:
                         shown["t2i"].append(
                             {"prompt": s["caption"], "ok": bool(result), "why": result.reason}
                         )
                 b.update(len(chunk))
         report |= _split(hits, samples, "t2i_accuracy")
+        report["t2i_failures"] = failure_counts(reasons)
         report["images_per_second"] = len(samples) / seconds
 
     if "caption" in tasks:
-        hits, seconds = [], 0.0
+        hits, seconds, reasons = [], 0.0, []
         with bar(len(samples), "captioning") as b:
             for chunk in _batches(samples, batch_size):
                 start = time.perf_counter()
@@ -134,10 +152,12 @@ def benchmark_model(
                 for s, text in zip(chunk, texts):
                     result = score_caption(s["scene"], text)
                     hits.append(bool(result))
+                    reasons.append(result.reason)
                     if len(shown.setdefault("caption", [])) < examples:
                         shown["caption"].append({"truth": s["caption"], "caption": text, "ok": bool(result)})
                 b.update(len(chunk))
         report |= _split(hits, samples, "caption_accuracy")
+        report["caption_failures"] = failure_counts(reasons)
         report["captions_per_second"] = len(samples) / seconds
 
     if "vqa" in tasks:
@@ -155,6 +175,7 @@ def benchmark_model(
                         )
                 b.update(len(chunk))
         report |= _split(hits, [s for s, _ in pairs], "vqa_accuracy")
+        report["vqa_by_question"] = by_question_kind(hits, [qa["question"] for _, qa in pairs])
         report["vqa_questions"] = len(pairs)
 
     report["examples"] = shown

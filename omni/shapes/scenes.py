@@ -262,6 +262,41 @@ def questions(scene: Scene, rng: random.Random) -> list[dict[str, str]]:
     return [{"question": q, "answer": a} for q, a in qa]
 
 
+QUESTION_KINDS = (
+    "count",
+    "color count",
+    "color",
+    "shape",
+    "exists",
+    "position",
+    "relation",
+    "relation yes/no",
+)
+
+
+def question_kind(question: str) -> str:
+    """Which of `questions`' templates a question comes from (QUESTION_KINDS), e.g. "relation";
+    "other" for a question outside them."""
+    q = question.strip().lower()
+    if q.startswith("how many shapes"):
+        return "count"
+    if q.startswith("how many"):
+        return "color count"
+    if q.startswith("what color"):
+        return "color"
+    if q.startswith("what shape"):
+        return "shape"
+    if q.startswith("is there"):
+        return "exists"
+    if " relative to " in q:
+        return "relation"
+    if q.startswith("where is"):
+        return "position"
+    if q.startswith("is the"):
+        return "relation yes/no"
+    return "other"
+
+
 def answer_word(relation: str) -> str:
     """'left of' -> 'left': relations are answered with one word."""
     return relation.removesuffix(" of")

@@ -113,3 +113,43 @@ def test_held_out_combinations_are_reported_apart(tmp_path):
     assert report["caption_accuracy_heldout"] == 0.0 and report["caption_accuracy_seen"] == 1.0
     assert report["caption_accuracy_heldout_n"] == len(held)
     assert report["caption_accuracy"] == pytest.approx(1 - len(held) / len(samples))
+
+
+def test_failures_are_counted_by_kind_and_vqa_is_split_by_question(val):
+    """An oracle that gets every relation backwards: its caption failures are all "relation", the
+    empty images of two-object prompts are "objects", and VQA is wrong on relation questions only."""
+    from omni.shapes.scenes import INVERSE_RELATION, Scene, question_kind
+
+    samples = validation_samples(val, 20)
+    two = [s for s in samples if len(s["scene"].objects) == 2]
+    assert two
+
+    class Backwards(Oracle):
+        def generate_images(self, prompts, seed=0):
+            images = super().generate_images(prompts, seed)
+            return [Image.new("RGB", (32, 32)) if " of " in p or "above" in p or "below" in p or "under" in p
+                    else i for p, i in zip(prompts, images)]  # fmt: skip
+
+        def caption(self, images):
+            out = []
+            for image in images:
+                scene = self.by_image[image.tobytes()]["scene"]
+                if scene.relation:
+                    scene = Scene(scene.objects, relation=INVERSE_RELATION[scene.relation])
+                out.append(scene.describe())
+            return out
+
+        def answer(self, images, questions):
+            right = super().answer(images, questions)
+            return [a if question_kind(q) not in ("relation", "relation yes/no") else "purple"
+                    for a, q in zip(right, questions)]  # fmt: skip
+
+    report = benchmark_model(Backwards(samples), val, 20, batch_size=8, progress=False)
+    assert report["caption_failures"] == {"relation": len(two)}
+    assert report["t2i_failures"] == {"objects": len(two)}
+    by_question = report["vqa_by_question"]
+    assert by_question["relation"] == by_question["relation yes/no"] == 0.0
+    assert {k: v for k, v in by_question.items() if "relation" not in k} == dict.fromkeys(
+        set(by_question) - {"relation", "relation yes/no"}, 1.0
+    )
+    assert "other" not in by_question and {"count", "color", "shape", "exists"} <= set(by_question)
