@@ -184,8 +184,8 @@ class ModelConfig(Architecture):
             not self.image_positions or math.isqrt(self.image_positions) ** 2 != self.image_positions
         ):
             raise ValueError(
-                f"bad model config: grid_rotary needs image_positions on a square grid, got "
-                f"image_positions {self.image_positions}"
+                f"bad model config: grid_rotary needs image_positions on a square grid (in a training "
+                f"config, model.transformer.image_positions: true), got image_positions {self.image_positions}"
             )
         if self.image_features and not 0 < self.image_codes <= self.vocab_size:
             raise ValueError(

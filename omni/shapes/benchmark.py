@@ -183,11 +183,17 @@ def benchmark_model(
 
 
 @torch.no_grad()
-def run(model: str, shards: str, n: int, device: str = "cpu", **options) -> dict:
-    """Load a model folder and benchmark it."""
+def run(
+    model: str, shards: str, n: int, device: str = "cpu", generation: dict | None = None, **options
+) -> dict:
+    """Load a model folder and benchmark it; `generation` overrides its sampling defaults
+    (`guidance_scale`, `temperature`, `mask_steps`, ...)."""
     from omni import load_pretrained
+    from omni.generate import check_generation
 
-    report = benchmark_model(load_pretrained(model, device=device), shards, n, **options)
+    pipe = load_pretrained(model, device=device)
+    pipe.generation.update(check_generation(dict(generation or {}), "benchmark"))
+    report = benchmark_model(pipe, shards, n, **options)
     return {"model": model, **report}
 
 
@@ -213,6 +219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="--model: samples generated at once")
     parser.add_argument("--seed", type=int, default=0, help="--model: sampling seed (default 0)")
     parser.add_argument("--device", default="cpu", help="--model: torch device (default cpu)")
+    parser.add_argument(
+        "--guidance", type=float, help="--model: classifier-free guidance (default: the folder's)"
+    )
+    parser.add_argument(
+        "--temperature", type=float, help="--model: image sampling temperature (default: the folder's)"
+    )
+    parser.add_argument(
+        "--mask-steps", type=int, help="--model, mask mode: decoding steps (default: the folder's)"
+    )
     parser.add_argument("--out", help="also write the JSON report to this file")
     parser.add_argument("--limit", type=int, default=None, help="self-check: score at most this many samples")
     parser.add_argument(
@@ -237,6 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             tasks=tasks,
+            generation={
+                name: value
+                for name, value in (
+                    ("guidance_scale", args.guidance),
+                    ("temperature", args.temperature),
+                    ("mask_steps", args.mask_steps),
+                )
+                if value is not None
+            },
         )
     else:
         report = evaluate_shards(args.shards, args.limit, args.blur_radius)

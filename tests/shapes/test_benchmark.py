@@ -68,6 +68,12 @@ def test_command_line_on_a_tiny_release(tiny_releases, val, tmp_path, capsys):
     assert report["n"] == 6
     assert report["vqa_questions"] == sum(len(s["qa"]) for s in validation_samples(val, 6))
     assert set(report["examples"]) == {"t2i", "caption", "vqa"}
+    assert report["settings"].get("guidance_scale") is None  # the tiny release keeps the defaults
+    # Sampling settings from the command line replace the folder's for this run
+    extra = ["--tasks", "t2i", "--guidance", "0.5", "--mask-steps", "3", "--temperature", "0"]
+    assert omni(["shapes", "benchmark", *argv, *extra, "--out", str(out)]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert (settings["guidance_scale"], settings["mask_steps"], settings["temperature"]) == (0.5, 3, 0.0)
 
 
 def test_command_line_errors(tiny_releases, val, tmp_path, capsys):
@@ -78,6 +84,8 @@ def test_command_line_errors(tiny_releases, val, tmp_path, capsys):
         omni([*bench, "--model", str(tiny_releases["mask"]), "--shards", str(tmp_path / "none-*.tar")]) == 2
     )
     assert "none-" in capsys.readouterr().err
+    assert omni([*bench, "--model", str(tiny_releases["mask"]), "--shards", val, "--guidance", "-1"]) == 2
+    assert "guidance_scale" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argument syntax: argparse's usage error
         omni([*bench, "--model", str(tiny_releases["mask"]), "--tasks", "t2i,poetry"])
     with pytest.raises(SystemExit):
