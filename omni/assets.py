@@ -3,7 +3,7 @@
     assets = Assets.load("runs/shapes/tokenizer.json", "runs/shapes/vq")
     assets.vocab                      # the unified vocabulary (omni.vocab)
     assets.image_tokens               # codes per image (the VQ's grid)
-    config = assets.model_config(Architecture(dim=192, image_positions=True))
+    config = assets.model_config(Architecture(dim=192, image_positions=True))  # sizes filled in
     assets.check(config, vocab)       # a release's config against the assets it ships with
 
 Resolved once, handed to both the model (its `ModelConfig`) and the data (the vocabulary), in
@@ -70,6 +70,7 @@ class Assets:
                 "image_positions": self.image_tokens if architecture.image_positions else 0,
                 "image_features": self.patch_features if architecture.image_features else 0,
                 "image_codes": self.vocab.codebook_size if architecture.image_features else 0,
+                "encoder": architecture.encoder.resolved(self.vq_config.resolution, self.vq_config.grid),
             }
         )
 
@@ -99,6 +100,11 @@ class Assets:
                     f"({side}x{side} codes of {patch}x{patch} px need {value}); the model was trained "
                     f"with another VQ"
                 )
+        if config.understanding == "encoder" and config.encoder.patches != self.image_tokens:
+            raise ValueError(
+                f"{where}: its understanding encoder gives {config.encoder.patches} vectors per image but "
+                f"{self.vq_path} has {side}x{side} codes; the model was trained with another VQ"
+            )
         if config.image_features and config.image_codes != vocab.codebook_size:
             raise ValueError(
                 f"{where}: model.image_codes {config.image_codes} disagrees with the vocabulary's "

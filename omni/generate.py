@@ -66,6 +66,8 @@ class Batch:
     image_index: torch.Tensor  # (B, length) index of each position inside its image block, else -1
     vis: object  # omni.attention.Visibility over (B, length)
     pad: list[int]  # left padding of each row
+    read_pixels: torch.Tensor | None = None  # (N, 3, R, R) of the prompts' images an encoder reads
+    read_at: torch.Tensor | None = None  # (B, length) their blocks' positions (Transformer.forward)
 
 
 def layout(
@@ -84,25 +86,31 @@ def layout(
     as an image, bidirectional in mask mode; an image inside a prompt is read (bidirectional).
     `width_multiple` pads the prompts to a multiple of it, so that batches of similar prompts share
     one shape (a compiled step is traced once per shape), never beyond `max_length` in all.
+    Prompts that carry `pixels` (for a model with an understanding encoder) give `read_pixels` and
+    `read_at`.
     """
     width = max(len(p.ids) for p in prompts)
     padded = -(-width // width_multiple) * width_multiple
     width = max(width, min(padded, max_length - new_tokens)) if max_length else padded
     length = width + new_tokens
     tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    rows, pads = [], []
+    rows, pads, pixels = [], [], []
     for row, p in enumerate(prompts):
         pad = width - len(p.ids)
         pads.append(pad)
         tokens[row, pad:] = torch.tensor(p.ids, dtype=torch.long)
-        images = []
+        images, reads = [], []
         if p.image is not None:
             images.append((pad + p.image[0], pad + p.image[1], True))
+            if p.pixels is not None:
+                reads.append((pad + p.image[0], pad + p.image[1]))
+                pixels.append(p.pixels)
         if new_image is not None:
             images.append((width + new_image[0], width + new_image[1], bidirectional))
-        rows.append([Placed(pad, length, images)])
+        rows.append([Placed(pad, length, images, reads)])
     laid = lay_out(rows, length).to(device)
-    return Batch(tokens.to(device), laid.positions, laid.image_index, laid.vis, pads)
+    reads = (torch.stack(pixels).to(device), laid.read_at) if pixels else (None, None)
+    return Batch(tokens.to(device), laid.positions, laid.image_index, laid.vis, pads, *reads)
 
 
 def seeded_generator(seed: int, device: torch.device | str) -> torch.Generator:
@@ -243,7 +251,8 @@ class Decoder:
         b = self.batch
         return self.model(
             b.tokens, b.vis, positions=b.positions[:, : self.width], cache=self.cache,
-            image_index=b.image_index[:, : self.width],
+            image_index=b.image_index[:, : self.width], read_pixels=b.read_pixels,
+            read_at=None if b.read_at is None else b.read_at[:, : self.width],
         )[:, -1]  # fmt: skip
 
     def step(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
@@ -262,8 +271,9 @@ class Decoder:
             )  # fmt: skip
         self.seq[:, start:end] = tokens
         out = self.model(
-            self.seq[:, :end], b.vis, positions=b.positions[:, :end], image_index=b.image_index[:, :end]
-        )
+            self.seq[:, :end], b.vis, positions=b.positions[:, :end], image_index=b.image_index[:, :end],
+            read_pixels=b.read_pixels, read_at=None if b.read_at is None else b.read_at[:, :end],
+        )  # fmt: skip
         return out[:, start:]
 
 

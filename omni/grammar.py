@@ -13,7 +13,8 @@ its text and image. Adding a task means adding one template here.
 
 `lay_out` is the one function that turns documents placed in rows into what the model reads
 besides the tokens: rotary positions (0 at each document's first token), each image token's
-index inside its image, and the omni-attention vectors (`omni.attention`). Packing (training)
+index inside its image, the omni-attention vectors (`omni.attention`), and which positions an
+understanding encoder fills (`read_at`). Packing (training)
 and the samplers (left-padded prompts plus the positions they generate) both call it.
 
 Slot contents are token ids (text already encoded by the caller, images as VQ codes); this
@@ -53,6 +54,7 @@ class Document:
     image: tuple[int, int] | None = None  # [start, end) of the image codes within the document
     key: str = ""
     causal_image: bool = False  # the image block is generated raster-order (ar-mode t2i)
+    pixels: torch.Tensor | None = None  # (3, R, R) of an image that is read, for an understanding encoder
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -63,7 +65,7 @@ class Document:
         tokens, targets = list(self.tokens), [IGNORE] * len(self.tokens)
         for p in positions:
             targets[p], tokens[p] = tokens[p], mask_id
-        return Document(self.task, tokens, targets, self.image, self.key, causal_image=False)
+        return Document(self.task, tokens, targets, self.image, self.key, False, self.pixels)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Prompt:
 
     ids: list[int]
     image: tuple[int, int] | None = None
+    pixels: torch.Tensor | None = None  # (3, R, R) of the image it reads, for an understanding encoder
 
 
 @dataclass
@@ -93,19 +96,21 @@ class Grammar:
                 ids.append(self.vocab.special(part))
         return ids, image
 
-    def prompt(self, task: str, answer_start: Sequence[int] = (), **slots) -> Prompt:
+    def prompt(self, task: str, answer_start: Sequence[int] = (), pixels=None, **slots) -> Prompt:
         """The prompt of `task` (what a sampler continues), its slots filled: text slots as token
         ids, `image` as VQ codes. `answer_start` is the beginning of the answer, for the model to
-        continue (lm: the text whose continuation is wanted)."""
+        continue (lm: the text whose continuation is wanted). `pixels` (3, R, R): the image's, for
+        a model that reads images with an understanding encoder."""
         ids, image = self._render(template(task)[0], slots, 0)
-        return Prompt(ids + list(answer_start), image)
+        return Prompt(ids + list(answer_start), image, self._read(task, pixels))
 
-    def document(self, task: str, key: str = "", causal_image: bool = True, **slots) -> Document:
+    def document(self, task: str, key: str = "", causal_image: bool = True, pixels=None, **slots) -> Document:
         """The training document of `task`: the prompt, then the answer with next-token targets
         (each position predicts the next token), then the closing tokens without a loss.
 
         `causal_image` marks a generated image block as raster-order (ar mode); for mask mode
-        call `Document.masked` on the result."""
+        call `Document.masked` on the result. `pixels` (3, R, R) go with an image that is read
+        (in the prompt), for a model with an understanding encoder."""
         prompt_parts, answer_parts, closing = template(task)
         prompt, image = self._render(prompt_parts, slots, 0)
         answer, answer_image = self._render(answer_parts, slots, len(prompt))
@@ -115,7 +120,22 @@ class Grammar:
         for i in range(len(prompt), len(prompt) + len(answer)):
             targets[i - 1] = tokens[i]
         generated = answer_image is not None
-        return Document(task, tokens, targets, image or answer_image, key, causal_image and generated)
+        return Document(
+            task,
+            tokens,
+            targets,
+            image or answer_image,
+            key,
+            causal_image and generated,
+            self._read(task, pixels),
+        )
+
+    @staticmethod
+    def _read(task: str, pixels):
+        """`pixels`, checked to belong to an image that `task` reads (one in its prompt)."""
+        if pixels is not None and "$image" not in template(task)[0]:
+            raise ValueError(f"task {task!r} reads no image: its image is generated, so it takes no pixels")
+        return pixels
 
     @staticmethod
     def overhead(task: str) -> int:
@@ -155,6 +175,8 @@ class Placed:
     start: int
     end: int
     images: list[tuple[int, int, bool]] = field(default_factory=list)
+    reads: list[tuple[int, int]] = field(default_factory=list)
+    """Of those blocks, the (start, end) of images read by an understanding encoder (from pixels)."""
 
 
 @dataclass
@@ -164,9 +186,15 @@ class Layout:
     positions: torch.Tensor  # (B, length) rotary positions, 0 at each document's first token
     image_index: torch.Tensor  # (B, length) index of each position inside its image block, else -1
     vis: Visibility  # omni-attention over (B, length)
+    read_at: torch.Tensor  # (B, length) bool: positions of images an understanding encoder reads
 
     def to(self, device) -> Layout:
-        return Layout(self.positions.to(device), self.image_index.to(device), self.vis.to(device))
+        return Layout(
+            self.positions.to(device),
+            self.image_index.to(device),
+            self.vis.to(device),
+            self.read_at.to(device),
+        )
 
 
 def lay_out(rows: Sequence[Sequence[Placed]], length: int) -> Layout:
@@ -174,11 +202,14 @@ def lay_out(rows: Sequence[Sequence[Placed]], length: int) -> Layout:
     (omni.attention: each sees only itself)."""
     positions = torch.zeros((len(rows), length), dtype=torch.long)
     image_index = torch.full((len(rows), length), -1, dtype=torch.long)
+    read_at = torch.zeros((len(rows), length), dtype=torch.bool)
     segments = []
     for r, docs in enumerate(rows):
         segs = []
         for d, doc in enumerate(docs):
             positions[r, doc.start : doc.end] = torch.arange(doc.end - doc.start)
+            for s, e in doc.reads:
+                read_at[r, s:e] = True
             cuts = {doc.start, doc.end}
             for s, e, _ in doc.images:
                 image_index[r, s:e] = torch.arange(e - s)
@@ -189,4 +220,4 @@ def lay_out(rows: Sequence[Sequence[Placed]], length: int) -> Layout:
                 image = (s, e) in blocks
                 segs.append(Segment(s, e, d, image=image, bidirectional=blocks.get((s, e), True)))
         segments.append(segs)
-    return Layout(positions, image_index, build_visibility(segments, length))
+    return Layout(positions, image_index, build_visibility(segments, length), read_at)

@@ -18,7 +18,7 @@ module imports nothing from Lightning, the data code or the grammar.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,10 @@ from torch.utils.checkpoint import checkpoint
 
 from omni.attention import BACKENDS, OmniMask, Visibility, resolve_backend
 from omni.checks import check_number
+from omni.understanding import EncoderConfig, UnderstandingEncoder
 
 GENERATION_MODES = ("mask", "ar")
+UNDERSTANDING = ("codes", "encoder")
 
 
 @dataclass
@@ -80,8 +82,16 @@ class Architecture:
     `VQModel.code_appearance`), projected by a learned matrix, to the code embeddings: codes that
     look alike start alike, instead of as unrelated ids (cf. Janus, whose image inputs are an MLP
     of the VQ codebook vectors)."""
+    understanding: str = "codes"
+    """How images that are read (captioning, VQA) are embedded: `codes` (their VQ codes, as
+    generated images are) or `encoder` (Janus: a ViT over their pixels and a connector,
+    `encoder`; the data then carries the pixels). Generated images are VQ codes either way."""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    """The understanding encoder (`omni.understanding.EncoderConfig`), with `understanding: encoder`."""
 
     def __post_init__(self):
+        if isinstance(self.encoder, dict):  # read from a config.json
+            self.encoder = EncoderConfig.from_dict(self.encoder)
         # Fields keep 0 for "derived" (kv_heads, ffn_dim), so a config written from defaults
         # still derives them after dim or n_heads change.
         problems = []
@@ -116,6 +126,8 @@ class Architecture:
             )
         if self.attention not in BACKENDS:
             problems.append(f"attention must be one of {BACKENDS}, got {self.attention!r}")
+        if self.understanding not in UNDERSTANDING:
+            problems.append(f"understanding must be one of {UNDERSTANDING}, got {self.understanding!r}")
         if problems:
             raise ValueError("bad model config: " + "; ".join(problems))
 
@@ -186,6 +198,11 @@ class ModelConfig(Architecture):
             raise ValueError(
                 f"bad model config: grid_rotary needs image_positions on a square grid (in a training "
                 f"config, model.transformer.image_positions: true), got image_positions {self.image_positions}"
+            )
+        if self.understanding == "encoder" and not self.encoder.patches:
+            raise ValueError(
+                "bad model config: understanding: encoder needs the encoder's image_size and patch_size "
+                "resolved (omni.assets.Assets.model_config does it from the VQ)"
             )
         if self.image_features and not 0 < self.image_codes <= self.vocab_size:
             raise ValueError(
@@ -370,6 +387,9 @@ class Transformer(nn.Module):
             self.register_buffer("code_features", torch.zeros(config.image_codes, config.image_features))
             self.code_projection = nn.Linear(config.image_features, config.dim, bias=False)
             self.code_readout = nn.Linear(config.dim, config.image_features, bias=False)
+        self.understanding = (
+            UnderstandingEncoder(config.encoder, config.dim) if config.understanding == "encoder" else None
+        )
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
@@ -382,6 +402,8 @@ class Transformer(nn.Module):
         """Normal(0, init_std) weights; residual projections scaled by 1/sqrt(2 n_layers) (GPT-2)."""
         std = self.config.init_std
         for name, p in self.named_parameters():
+            if name.startswith("understanding."):
+                continue  # a ViT and its connector: initialised their own way, below
             if p.dim() == 1:
                 nn.init.ones_(p)  # norm weights
             elif name.startswith(("code_projection", "code_readout")):
@@ -390,6 +412,8 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, std=std / math.sqrt(2 * self.config.n_layers))
             else:
                 nn.init.normal_(p, std=std)
+        if self.understanding is not None:
+            self.understanding.reset_parameters()
 
     def num_params(self, embedding: bool = False) -> int:
         """Parameter count; without the input embeddings (lookups, not matmuls) by default."""
@@ -419,6 +443,8 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         start: int = 0,
         image_index: torch.Tensor | None = None,
+        read_pixels: torch.Tensor | None = None,
+        read_at: torch.Tensor | None = None,
     ):
         """Logits (B, T, V) for `tokens` (B, T) at sequence positions [start, start+T).
 
@@ -427,6 +453,9 @@ class Transformer(nn.Module):
         `cache`, keys and values of [start, start+T) are stored and [0, start) are read from it.
         `image_index` (B, T) is each token's index inside its image block, -1 outside images
         (needed when the config has `image_positions`; default: no image tokens).
+        With `understanding: encoder`, `read_pixels` (N, 3, R, R) are the images that are read and
+        `read_at` (B, T) bool marks their blocks' positions, row-major: the encoder's vectors of
+        image n replace the embeddings of the n-th run of `patches` marked positions.
         """
         b, t = tokens.shape
         if start + t > self.config.max_seq_len:
@@ -447,7 +476,8 @@ class Transformer(nn.Module):
         mask = OmniMask(vis, backend, self.config.n_heads, q_start=start, q_end=start + t)
         if self.image_position is not None and image_index is not None:
             self._check_image_index(image_index)
-        return self._run(tokens, self.rotary(positions, image_index), image_index, mask, cache, start)
+        reads = self._checked_reads(tokens, read_pixels, read_at)
+        return self._run(tokens, self.rotary(positions, image_index), image_index, mask, cache, start, reads)
 
     def rotary(self, positions: torch.Tensor, image_index: torch.Tensor | None = None):
         """The rotary tables of tokens at `positions` (B, T), in 2-D for image tokens with `grid_rotary`."""
@@ -475,13 +505,17 @@ class Transformer(nn.Module):
         mask = OmniMask.prebuilt(visible.index_select(2, input_pos))
         return self._run(tokens, rope, image_index.index_select(1, input_pos), mask, cache, input_pos)
 
-    def _run(self, tokens, rope, image_index, mask: OmniMask, cache, start) -> torch.Tensor:
+    def _run(self, tokens, rope, image_index, mask: OmniMask, cache, start, reads=None) -> torch.Tensor:
         """Embed, the blocks, the output head: the body of `forward` and `decode_step`."""
         x = self.embedding(tokens)  # (B, T, C)
         if self.code_projection is not None:
             code = tokens - (self.config.vocab_size - self.config.image_codes)
             is_code = (code >= 0)[..., None].to(x.dtype)
             x = x + self.code_projection(self.code_features[code.clamp_min(0)].to(x.dtype)) * is_code
+        if reads is not None:  # images that are read: the encoder's vectors replace their codes'
+            pixels, at = reads
+            vectors = self.understanding(pixels.to(self.embedding.weight.dtype))  # (N, patches, C)
+            x = x.masked_scatter(at[..., None], vectors.to(x.dtype))
         if self.image_position is not None and image_index is not None:
             inside = (image_index >= 0)[..., None].to(self.embedding.weight.dtype)
             x = x + self.image_position(image_index.clamp_min(0)) * inside
@@ -502,6 +536,32 @@ class Transformer(nn.Module):
             )  # (k, dim)
             weight = torch.cat([weight[:-k], weight[-k:] + looks])
         return F.linear(h, weight)  # (B, T, V)
+
+    def _checked_reads(self, tokens, read_pixels, read_at):
+        """(pixels, read_at) for `_run`, or None when no image is read through the encoder."""
+        if read_pixels is None:
+            return None
+        if self.understanding is None:
+            raise ValueError(
+                "read_pixels were given but this model reads images as their VQ codes (understanding: codes)"
+            )
+        if read_at is None or read_at.shape != tokens.shape or read_at.dtype != torch.bool:
+            raise ValueError(
+                f"read_at must be a bool tensor shaped like the tokens {tuple(tokens.shape)}, got "
+                f"{None if read_at is None else (tuple(read_at.shape), read_at.dtype)}"
+            )
+        # A batch without read images still runs the encoder (on none): its weights then take part
+        # in every step, as DDP expects. The count is checked where it costs nothing (on a GPU it
+        # would sync); the packer and the samplers mark one block of `patches` positions per image.
+        if (
+            read_at.device.type == "cpu"
+            and int(read_at.sum()) != len(read_pixels) * self.config.encoder.patches
+        ):
+            raise ValueError(
+                f"read_at marks {int(read_at.sum())} positions but {len(read_pixels)} read images of "
+                f"{self.config.encoder.patches} patches need {len(read_pixels) * self.config.encoder.patches}"
+            )
+        return read_pixels, read_at
 
     def _check_image_index(self, image_index: torch.Tensor) -> None:
         # Checked where it costs nothing (a CPU tensor); on a GPU it would sync every step, and

@@ -93,13 +93,13 @@ class OmniPipeline:
             ids = ids[:budget]
         return ids
 
-    def _images(self, images) -> torch.Tensor:
-        """PIL images, paths or tensors -> (B, 3, R, R) in [-1, 1] at the VQ's resolution."""
+    def _images(self, images, resolution: int | None = None) -> torch.Tensor:
+        """PIL images, paths or tensors -> (B, 3, R, R) in [-1, 1] at `resolution` (default: the VQ's)."""
         if isinstance(images, (Image.Image, str, Path, torch.Tensor)) and not (
             isinstance(images, torch.Tensor) and images.ndim == 4
         ):
             images = [images]
-        res = self.vq.config.resolution
+        res = resolution or self.vq.config.resolution
         out = []
         for i, image in enumerate(images):
             if isinstance(image, torch.Tensor):
@@ -127,6 +127,17 @@ class OmniPipeline:
                     )
             out.append(to_tensor(rgb, res))
         return torch.stack(out).to(self.device)
+
+    def _read(self, images) -> tuple[torch.Tensor, list]:
+        """Images to be read -> their codes (B, grid), and their pixels at the understanding
+        encoder's resolution (a list of (3, R, R); Nones when the model reads codes)."""
+        at_vq = self._images(images)
+        codes = self.vq.encode(at_vq)
+        encoder = self.model.understanding
+        if encoder is None:
+            return codes, [None] * len(codes)
+        size = encoder.config.image_size
+        return codes, list(at_vq if size == self.vq.config.resolution else self._images(images, size))
 
     def preview(self, image) -> Image.Image:
         """An input image as the model sees it: RGB at the VQ's resolution."""
@@ -190,8 +201,8 @@ class OmniPipeline:
         self, images, *, max_new_tokens: int | None = None, temperature: float | None = None, seed: int = 0
     ) -> list[str]:
         """Images -> captions (greedy by default)."""
-        codes = self.vq.encode(self._images(images))
-        prompts = [self.grammar.prompt("caption", image=c.tolist()) for c in codes]
+        codes, pixels = self._read(images)
+        prompts = [self.grammar.prompt("caption", image=c.tolist(), pixels=p) for c, p in zip(codes, pixels)]
         return self._decode(prompts, max_new_tokens, temperature, seed)
 
     @torch.no_grad()
@@ -206,15 +217,17 @@ class OmniPipeline:
     ) -> list[str]:
         """Images and one question per image -> answers."""
         questions = [questions] if isinstance(questions, str) else list(questions)
-        codes = self.vq.encode(self._images(images))
+        codes, pixels = self._read(images)
         if len(questions) != len(codes):
             raise ValueError(
                 f"got {len(codes)} images but {len(questions)} questions; give one question per image"
             )
         budget = self._text_room("vqa")
         prompts = [
-            self.grammar.prompt("vqa", image=c.tolist(), question=self._text_ids(q, budget, "question"))
-            for c, q in zip(codes, questions)
+            self.grammar.prompt(
+                "vqa", image=c.tolist(), question=self._text_ids(q, budget, "question"), pixels=p
+            )
+            for c, q, p in zip(codes, questions, pixels)
         ]
         return self._decode(prompts, max_new_tokens, temperature, seed)
 

@@ -89,21 +89,34 @@ def model_assets(shapes_dir, tmp_path_factory):
     return SimpleNamespace(root=out, tokenizer=out / "tokenizer.json", vq=out / "vq", codes=codes)
 
 
+# A small understanding encoder for tests (`understanding: encoder`).
+TINY_ENCODER = dict(dim=32, depth=1, heads=2)
+
+
 @pytest.fixture(scope="session")
 def tiny_releases(model_assets, tmp_path_factory) -> dict[str, Path]:
-    """Release folders of an untrained tiny model over `model_assets`, one per image mode."""
+    """Release folders of an untrained tiny model over `model_assets`, one per image mode, and
+    "encoder": an ar model that reads images with an understanding encoder."""
     from omni.assets import Assets
     from omni.checkpoint import save_pretrained
     from omni.model import Architecture, Transformer
+    from omni.understanding import EncoderConfig
 
     root = tmp_path_factory.mktemp("releases")
     assets = Assets.load(model_assets.tokenizer, model_assets.vq)
     folders = {}
-    for mode in ("mask", "ar"):
+    for mode in ("mask", "ar", "encoder"):
         torch.manual_seed(0)
-        image_fields = mode == "ar"  # the demo's image fields, taken from the VQ as training does
+        image_fields = mode != "mask"  # the demo's image fields, taken from the VQ as training does
+        reading = (
+            dict(understanding="encoder", encoder=EncoderConfig(**TINY_ENCODER)) if mode == "encoder" else {}
+        )
         architecture = Architecture.from_name(
-            "tiny", image_generation=mode, image_positions=image_fields, image_features=image_fields
+            "tiny",
+            image_generation="mask" if mode == "mask" else "ar",
+            image_positions=image_fields,
+            image_features=image_fields,
+            **reading,
         )
         model = Transformer(assets.model_config(architecture))
         if image_fields:

@@ -32,8 +32,9 @@ def test_text_to_image_is_seeded_and_sized(pipes, mode):
     assert len(batched) == 2
 
 
-def test_understanding_accepts_paths_pil_and_tensors_of_any_mode(pipes, tmp_path):
-    pipe = pipes["mask"]
+@pytest.mark.parametrize("mode", ["mask", "encoder"])  # read as codes, and by the understanding encoder
+def test_understanding_accepts_paths_pil_and_tensors_of_any_mode(pipes, tmp_path, mode):
+    pipe = pipes[mode]
     rgba = Image.new("RGBA", (32, 32), (255, 0, 0, 128))
     grey16 = Image.fromarray(np.full((40, 30), 40000, dtype=np.uint16))
     tiny = Image.new("L", (1, 1), 200)

@@ -1,4 +1,4 @@
-"""`omni tokenizer encode` (tokenizers/encode_shards.py): pre-tokenize image shards into code shards (KEY.codes.npy + KEY.txt + KEY.json).
+"""`omni tokenizer encode` (tokenizers/encode_shards.py): pre-tokenize image shards into code shards (KEY.codes.npy + KEY.txt + KEY.json + a copy of KEY.png|jpg).
 
     python tokenizers/encode_shards.py --vq runs/shapes/vq --shards 'data/shapes/*.tar' --out data/shapes-codes
 
@@ -9,6 +9,8 @@ holds the codes of one VQ, so a run with another VQ refuses to add its codes bes
 unless --overwrite re-encodes them, and train.py refuses shards that its --data.vq did not
 encode. The run refuses an --out that holds its input shards and inputs of the same name, and
 holds a lock on --out (a second run into the same folder stops with a clear error).
+Each code sample keeps a copy of its image (for models that read images with an understanding
+encoder); --no-images leaves the images out (the folder is then codes and text only).
 """
 
 import argparse
@@ -62,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256, help="images encoded at once")
     parser.add_argument(
         "--overwrite", action="store_true", help="re-encode this run's shards even where they exist"
+    )
+    parser.add_argument(
+        "--no-images",
+        dest="images",
+        action="store_false",
+        help="leave out the copy of each image (a model with understanding: encoder needs it)",
     )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -121,7 +129,7 @@ def encode_all(vq, args, urls: list[str], out: Path, fingerprint: str) -> int:
     with tqdm(total=count_samples(todo), desc="encode", unit="img") as bar:
         for url in todo:
             name = Path(url).name
-            counts = encode_shard(vq, url, out / name, args.batch_size, progress=bar)
+            counts = encode_shard(vq, url, out / name, args.batch_size, progress=bar, keep_images=args.images)
             # Recorded shard by shard, so an interrupted run knows what its finished shards hold.
             record_encoded_shard(
                 out,

@@ -2,7 +2,12 @@
 
 Each output sample keeps the input's `KEY.txt` and `KEY.json` and adds `KEY.codes.npy`, a
 (h, w) array of int16 codes (int32 when the codebook has more than 32,767 entries). Model
-training reads these and never runs the VQ encoder. A shard is written to a temporary name and
+training reads these and never runs the VQ encoder. By default the sample also keeps a copy of
+its image file (`KEY.png|jpg...`, the bytes unchanged), which a model with an understanding
+encoder reads (`understanding: encoder`): a copy, not a pointer into the image shards, because
+a stream of shards cannot look a sample up in another shard (no random access, remote shards),
+and the copy keeps a code folder whole on its own; it costs the image's bytes again
+(`encode_shards.py --no-images` leaves it out). A shard is written to a temporary name and
 renamed when complete, so an interrupted run resumes by skipping the shards that exist.
 
 `codes_info.json` beside the shards records, for every shard, the fingerprint of the VQ weights
@@ -150,4 +155,23 @@ def is_code_shard(path: str | Path) -> bool:
                     return False
     except (OSError, tarfile.TarError):
         return False
+    return False
+
+
+def code_shard_keeps_images(path: str | Path) -> bool:
+    """Whether a local code shard's first sample keeps its image beside the codes."""
+    import tarfile
+
+    from omni.data.loader import IMAGE_EXTENSIONS
+
+    first = None
+    with tarfile.open(path) as tar:
+        for member in tar:
+            key, _, ext = Path(member.name).name.partition(".")
+            if first is None:
+                first = key
+            elif key != first:
+                return False
+            if ext.lower() in IMAGE_EXTENSIONS:
+                return True
     return False

@@ -10,6 +10,12 @@ in both modes, as the samplers lay them out. A t2i caption is dropped with proba
 `caption_dropout`, which teaches the unconditional model that classifier-free guidance needs;
 a vqa document takes one of the sample's question-answer pairs at random.
 
+For a model that reads images with an understanding encoder (`understanding: encoder`), the
+builder's `read_resolution` is the encoder's: each sample's image (the copy `KEY.png|jpg` that
+code shards keep beside the codes, `omni.tokenizers.encode`) is decoded at that resolution, caption
+and vqa documents carry it, and batches add `read_pixels` (N, 3, R, R) and `read_at` (B, T): the
+positions of those images' blocks, in the same row-major order.
+
 Documents are packed greedily into rows of `seq_len` tokens; each row carries the tokens,
 targets (IGNORE where there is no loss), the task of each target, and the layout of
 `omni.grammar.lay_out` (rotary positions restarting at 0 in each document, image indices,
@@ -28,7 +34,8 @@ from functools import partial
 import torch
 
 from omni.data.codes import npy_to_codes
-from omni.data.loader import ShardDataset, ShardLoader, checked_caption
+from omni.data.images import load_rgb, to_tensor
+from omni.data.loader import IMAGE_EXTENSIONS, ShardDataset, ShardLoader, checked_caption
 from omni.data.shards import expand_shards
 from omni.grammar import IGNORE, TASKS, Document, Grammar, Placed, lay_out
 from omni.vocab import Vocab
@@ -47,6 +54,8 @@ class TaskBuilder:
     tokenizer: object  # omni.tokenizers.text.TextTokenizer (anything with .encode(str) -> list[int])
     image_generation: str = "mask"
     caption_dropout: float = 0.1
+    read_resolution: int = 0
+    """Pixels per side of the images an understanding encoder reads (0: images are read as codes)."""
 
     def __post_init__(self):
         self.grammar = Grammar(self.vocab)
@@ -64,8 +73,11 @@ class TaskBuilder:
             start, end = doc.image
             masked = rng.sample(range(start, end), cosine_mask_count(end - start, rng))
             return doc.masked(masked, self.vocab.special("mask"))
+        pixels = sample.get("pixels") if self.read_resolution else None
         if task == "caption":
-            return self.grammar.document("caption", key, image=codes, caption=encode(sample["text"]))
+            return self.grammar.document(
+                "caption", key, image=codes, caption=encode(sample["text"]), pixels=pixels
+            )
         if task == "lm":
             return self.grammar.document("lm", key, text=encode(sample["text"]))
         if task == "vqa":
@@ -73,12 +85,17 @@ class TaskBuilder:
                 return None
             pair = rng.choice(sample["qa"])
             question, answer = encode(pair["question"]), encode(pair["answer"])
-            return self.grammar.document("vqa", key, image=codes, question=question, answer=answer)
+            return self.grammar.document(
+                "vqa", key, image=codes, question=question, answer=answer, pixels=pixels
+            )
         raise ValueError(f"unknown task {task!r}; tasks: {TASKS}")
 
 
-def decode_code_sample(sample: dict, skips, max_caption_chars: int = 8192) -> dict | None:
-    """Raw code-shard sample -> {"codes", "text", "qa", "key"}, or None (counted) when unusable."""
+def decode_code_sample(
+    sample: dict, skips, max_caption_chars: int = 8192, read_resolution: int = 0
+) -> dict | None:
+    """Raw code-shard sample -> {"codes", "text", "qa", "key"}, or None (counted) when unusable;
+    with a `read_resolution`, also "pixels" (3, R, R) in [-1, 1] from the image the shard keeps."""
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
     raw = sample.get("codes.npy")
     if raw is None:
@@ -101,7 +118,23 @@ def decode_code_sample(sample: dict, skips, max_caption_chars: int = 8192) -> di
             qa = [p for p in meta.get("qa", []) if p.get("question") and p.get("answer")]
         except (ValueError, AttributeError) as e:
             skips.skip("unreadable json", where, str(e))  # counted; the sample still serves t2i/caption/lm
-    return {"codes": codes, "text": text, "qa": qa, "key": sample.get("__key__", "")}
+    out = {"codes": codes, "text": text, "qa": qa, "key": sample.get("__key__", "")}
+    if read_resolution:
+        ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+        if ext is None:
+            skips.skip(
+                "missing image",
+                where,
+                "the model reads images with its encoder, but this code shard keeps no image: re-encode the "
+                "shards with tokenizers/encode_shards.py (without --no-images)",
+            )
+            return None
+        try:
+            out["pixels"] = to_tensor(load_rgb(sample[ext]), read_resolution)
+        except Exception as e:  # PIL raises many types for bad bytes; none of them may stop a run
+            skips.skip("undecodable image", where, f"{type(e).__name__}: {e}")
+            return None
+    return out
 
 
 @dataclass
@@ -111,6 +144,8 @@ class Packer:
     seq_len: int
     batch_size: int
     pad_id: int
+    read_resolution: int = 0
+    """With an understanding encoder: batches carry `read_pixels` and `read_at` (see the module)."""
     rows: list[list[Document]] = field(default_factory=list)
     current: list[Document] = field(default_factory=list)
     used: int = 0
@@ -140,7 +175,7 @@ class Packer:
         tokens = torch.full((b, t), self.pad_id, dtype=torch.long)
         targets = torch.full((b, t), IGNORE, dtype=torch.long)
         task = torch.full((b, t), -1, dtype=torch.long)
-        placed, keys = [], []
+        placed, keys, pixels = [], [], []
         for r, docs in enumerate(rows):
             row, offset = [], 0
             for doc in docs:
@@ -149,16 +184,26 @@ class Packer:
                 tgt = torch.tensor(doc.targets)
                 targets[r, offset : offset + n] = tgt
                 task[r, offset : offset + n][tgt != IGNORE] = TASKS.index(doc.task)
-                images = []
+                images, reads = [], []
                 if doc.image is not None:
                     s, e = doc.image
                     images.append((offset + s, offset + e, not doc.causal_image))
-                row.append(Placed(offset, offset + n, images))
+                    if doc.pixels is not None:
+                        reads.append((offset + s, offset + e))
+                        pixels.append(doc.pixels)
+                row.append(Placed(offset, offset + n, images, reads))
                 keys.append(doc.key)
                 offset += n
             placed.append(row)
         laid = lay_out(placed, t)
-        return {
+        reads = {}
+        if self.read_resolution:
+            res = self.read_resolution
+            reads = {
+                "read_pixels": torch.stack(pixels) if pixels else torch.zeros(0, 3, res, res),
+                "read_at": laid.read_at,
+            }
+        return reads | {
             "tokens": tokens,
             "targets": targets,
             "positions": laid.positions,
@@ -189,7 +234,7 @@ def pack_stage(
     rng = random.Random(seed)
     tasks = [t for t in TASKS if ratios.get(t, 0) > 0]
     weights = [ratios[t] for t in tasks]
-    packer = Packer(seq_len, batch_size, builder.vocab.special("pad"))
+    packer = Packer(seq_len, batch_size, builder.vocab.special("pad"), builder.read_resolution)
     codebook_size = builder.vocab.codebook_size
     for sample in src:
         codes = sample["codes"]
@@ -251,7 +296,9 @@ def task_loader(
         batch_size=batch_size,
         every_task=every_task,
     )
-    decode = partial(decode_code_sample, max_caption_chars=max_caption_chars)
+    decode = partial(
+        decode_code_sample, max_caption_chars=max_caption_chars, read_resolution=builder.read_resolution
+    )
     ds = ShardDataset(
         expand_shards(shards),
         decode,

@@ -17,20 +17,23 @@ from omni.tokenizers.vqgan import VQModel
 
 
 @torch.no_grad()
-def encode_shard(vq: VQModel, src: str, dst: str | Path, batch_size: int = 256, progress=None) -> Counter:
-    """Encode every image of shard `src` into code shard `dst`; returns counts (encoded, skipped: reason)."""
+def encode_shard(
+    vq: VQModel, src: str, dst: str | Path, batch_size: int = 256, progress=None, keep_images: bool = True
+) -> Counter:
+    """Encode every image of shard `src` into code shard `dst`; returns counts (encoded, skipped: reason).
+    `keep_images` copies each image file beside its codes (for an understanding encoder)."""
     dst = Path(dst)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")  # per process: two runs never share it
     counts: Counter = Counter()
     res, grid = vq.config.resolution, vq.config.grid
-    pending: list[tuple[dict, torch.Tensor]] = []
+    pending: list[tuple[dict, str, torch.Tensor]] = []
 
     def flush(sink) -> None:
-        images = torch.stack([img for _, img in pending])
+        images = torch.stack([img for _, _, img in pending])
         codes = vq.encode(images).view(-1, grid, grid).cpu().numpy()
-        for (sample, _), c in zip(pending, codes):
+        for (sample, image_ext, _), c in zip(pending, codes):
             out = {"__key__": sample["__key__"], "codes.npy": codes_to_npy(c, vq.config.codebook_size)}
-            for ext in ("txt", "json"):
+            for ext in ("txt", "json") + ((image_ext,) if keep_images else ()):
                 if ext in sample:
                     out[ext] = sample[ext]
             sink.write(out)
@@ -56,7 +59,7 @@ def encode_shard(vq: VQModel, src: str, dst: str | Path, batch_size: int = 256, 
             except Exception:  # undecodable bytes must not stop a long encoding run
                 counts["skipped: undecodable image"] += 1
                 continue
-            pending.append((sample, image))
+            pending.append((sample, ext, image))
             if len(pending) == batch_size:
                 flush(sink)
         if pending:

@@ -11,9 +11,9 @@ import lightning as L
 
 from omni.assets import Assets
 from omni.checks import check_numbers
-from omni.data.codes import check_code_shards
+from omni.data.codes import check_code_shards, code_shard_keeps_images
 from omni.data.packing import TaskBuilder, task_loader
-from omni.data.shards import expand_shards
+from omni.data.shards import expand_shards, is_remote
 from omni.model import ModelConfig
 
 
@@ -78,16 +78,31 @@ class OmniDataModule(L.LightningDataModule):
         check_code_shards(urls, vq, fingerprint=self.assets.fingerprint, codebook_size=codebook_size)
         self.ratios = ratios or {"t2i": 0.4, "caption": 0.3, "vqa": 0.2, "lm": 0.1}
         self.image_generation: str | None = None  # the model's, when connected
+        self.read_resolution = 0  # the model's understanding encoder's, when connected
         self.train_loader = self.val_loader = None
 
     def connect(self, config: ModelConfig) -> None:
         """Take what the batches depend on from the model being trained (litgpt's `connect`): how
-        it generates images (a t2i document's targets), and check that rows fit its positions."""
+        it generates images (a t2i document's targets) and reads them (codes, or pixels at its
+        encoder's resolution), and check that rows fit its positions."""
         if self.hparams.seq_len > config.max_seq_len:
             raise ValueError(
                 f"data.seq_len {self.hparams.seq_len} exceeds model.transformer.max_seq_len {config.max_seq_len}"
             )
         self.image_generation = config.image_generation
+        self.read_resolution = config.encoder.image_size if config.understanding == "encoder" else 0
+        if self.read_resolution:
+            # Fails now, not after 10,000 skipped samples: shards encoded without their images.
+            h = self.hparams
+            for pattern in (h.train_shards, h.val_shards):
+                local = [u for u in expand_shards(pattern)[:1] if not is_remote(u)] if pattern else []
+                if local and not code_shard_keeps_images(local[0]):
+                    raise ValueError(
+                        f"the model reads images with its understanding encoder (model.transformer.understanding: "
+                        f"encoder), but the code shard {local[0]} keeps no image beside its codes; re-encode the "
+                        f"shards without --no-images (tokenizers/encode_shards.py --vq {h.vq} --shards IMAGE_SHARDS "
+                        f"--out FOLDER --overwrite), or set understanding: codes"
+                    )
 
     def builder(self, caption_dropout: float | None = None) -> TaskBuilder:
         h = self.hparams
@@ -96,7 +111,9 @@ class OmniDataModule(L.LightningDataModule):
                 "connect the data module to the model's config first (Lightning does it in setup)"
             )
         dropout = h.caption_dropout if caption_dropout is None else caption_dropout
-        return TaskBuilder(self.assets.vocab, self.assets.tokenizer, self.image_generation, dropout)
+        return TaskBuilder(
+            self.assets.vocab, self.assets.tokenizer, self.image_generation, dropout, self.read_resolution
+        )
 
     def _loader(self, shards: str, train: bool):
         h = self.hparams

@@ -26,6 +26,7 @@ from omni.model import Architecture, Transformer
 from omni.release import RunOutputs
 from omni.training.loss import training_loss
 from omni.training.schedule import lr_factor, train_minutes
+from omni.understanding import load_encoder_weights
 
 log = logging.getLogger("omni")
 
@@ -53,6 +54,12 @@ class OmniLitModule(L.LightningModule):
         compile: torch.compile each Transformer block.
         export_dir: where the release folder is written (None: not exported).
         generation: generation defaults written into the release's config.json.
+        encoder_weights: a local safetensors file of a pretrained ViT (timm's or open_clip's
+            layout) to start the understanding encoder from (`understanding: encoder`); the
+            encoder's config must match it (omni.understanding.load_encoder_weights).
+        freeze: parts whose weights stay as they start: `encoder` (the understanding ViT),
+            `connector`, `transformer` (everything else). LLaVA's stage 1 is [encoder, transformer]
+            (only the connector learns), its stage 2 [encoder] (README, "Reading images with an encoder").
     """
 
     def __init__(
@@ -71,6 +78,8 @@ class OmniLitModule(L.LightningModule):
         compile: bool = False,
         export_dir: str | None = None,
         generation: dict | None = None,
+        encoder_weights: str | None = None,
+        freeze: list[str] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["assets"])
@@ -102,11 +111,35 @@ class OmniLitModule(L.LightningModule):
         self.model = Transformer(config)
         if config.image_features:
             self.model.code_features.copy_(assets.code_appearance())
+        if encoder_weights:
+            if self.model.understanding is None:
+                raise ValueError(
+                    "model.encoder_weights is set but the model reads images as codes; set "
+                    "model.transformer.understanding: encoder"
+                )
+            load_encoder_weights(self.model.understanding.vit, encoder_weights)
+        for part in freeze or []:
+            for p in self.part_parameters(part):
+                p.requires_grad_(False)
         self.ema = None
         if ema_decay > 0:
             self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.outputs = RunOutputs(export_dir, "model")
         self.step_metrics: dict[str, torch.Tensor] = {}
+
+    def part_parameters(self, name: str) -> list[torch.nn.Parameter]:
+        """The parameters of a part that `freeze` names."""
+        understanding = self.model.understanding
+        if name == "transformer":
+            return [p for n, p in self.model.named_parameters() if not n.startswith("understanding.")]
+        if name in ("encoder", "connector"):
+            if understanding is None:
+                raise ValueError(
+                    f"model.freeze names {name!r}, but the model has no understanding encoder "
+                    f"(model.transformer.understanding: codes)"
+                )
+            return list((understanding.vit if name == "encoder" else understanding.connector).parameters())
+        raise ValueError(f"model.freeze: unknown part {name!r}; parts: encoder, connector, transformer")
 
     # ------------------------------------------------------------------------------------------
     # Setup
@@ -122,7 +155,10 @@ class OmniLitModule(L.LightningModule):
             if missing:
                 warnings.warn(f"model.compile: {missing}; training runs the blocks uncompiled", stacklevel=2)
                 return
-            for block in self.model.blocks:
+            blocks = list(self.model.blocks)
+            if self.model.understanding is not None:
+                blocks += list(self.model.understanding.vit.blocks)
+            for block in blocks:
                 block.compile()
 
     def setup(self, stage: str) -> None:
@@ -138,6 +174,8 @@ class OmniLitModule(L.LightningModule):
         self.outputs.check_at_start(self.trainer, inputs)
 
     def configure_optimizers(self):
+        # Frozen parameters stay in the groups (AdamW skips those without a gradient), so a run
+        # resumed with other parts frozen (LLaVA's stage 2 after stage 1) restores its optimiser.
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         groups = [
@@ -172,7 +210,10 @@ class OmniLitModule(L.LightningModule):
         """The weighted loss of `model` (default: the live weights) on a batch, logged under `stage`/."""
         model = self.model if model is None else model
         vis = Visibility(batch["doc"], batch["last"])
-        logits = model(batch["tokens"], vis, positions=batch["positions"], image_index=batch["image_index"])
+        logits = model(
+            batch["tokens"], vis, positions=batch["positions"], image_index=batch["image_index"],
+            read_pixels=batch.get("read_pixels"), read_at=batch.get("read_at"),
+        )  # fmt: skip
         total, figures = training_loss(
             logits, batch["targets"], batch["task"], self.task_weights, self.config.z_loss
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from omni.attention import Visibility
 from omni.data.packing import TASKS, Packer, TaskBuilder, cosine_mask_count, task_loader
@@ -203,3 +204,67 @@ def test_a_stream_of_unusable_samples_fails_instead_of_spinning():
         skips.skip("over-long document", "k")
     with pytest.raises(ValueError, match="last 10 samples were all unusable .*over-long document: 19"):
         skips.skip("over-long document", "k")
+
+
+def test_a_reading_loader_gives_each_read_image_its_pixels(parts, model_assets, shapes_dir, tmp_path):
+    """Code shards keep a copy of each image; a builder with a read resolution decodes it for the
+    caption and vqa documents, and `read_at` marks exactly their blocks, in order."""
+    import webdataset as wds
+
+    from omni.data.codes import code_shard_keeps_images
+    from omni.data.images import load_rgb, to_tensor
+    from omni.data.loader import SkipCounter
+    from omni.data.packing import decode_code_sample
+    from omni.tokenizers import load_vq
+    from omni.tokenizers.encode import encode_shard
+
+    tok, vocab = parts
+    shard = model_assets.codes / "train-000000.tar"
+    assert code_shard_keeps_images(shard)
+    originals = {
+        s["__key__"]: to_tensor(load_rgb(s["png"]), 32)
+        for s in wds.WebDataset(str(shapes_dir / "train-000000.tar"), shardshuffle=False)
+    }
+    loader = task_loader(
+        str(shard),
+        TaskBuilder(vocab, tok, "ar", read_resolution=32),
+        ratios={"t2i": 1, "caption": 1, "vqa": 1},
+        seq_len=256,
+        batch_size=2,
+        batches_per_epoch=3,
+        every_task=True,
+        resampled=False,
+        shuffle_buffer=0,
+    )
+    batch = next(iter(loader))
+    read_tasks = {TASKS.index("caption"), TASKS.index("vqa")}
+    n = batch["read_pixels"].shape[0]
+    assert n > 0 and int(batch["read_at"].sum()) == 64 * n
+    assert (batch["image_index"][batch["read_at"]] >= 0).all()  # inside image blocks only
+    # The pixels are the source images, one per caption/vqa document, in document order.
+    docs_with_pixels = [k for k, t in zip(batch["keys"], _doc_tasks(batch)) if t in read_tasks]
+    assert len(docs_with_pixels) == n
+    for k, px in zip(docs_with_pixels, batch["read_pixels"]):
+        assert torch.equal(px, originals[k])
+
+    # A code shard written without images: the reading loader skips (and counts) its samples.
+    vq = load_vq(model_assets.vq)
+    bare = tmp_path / "train-000000.tar"
+    encode_shard(vq, str(shapes_dir / "train-000000.tar"), bare, keep_images=False)
+    assert not code_shard_keeps_images(bare)
+    skips = SkipCounter()
+    raw = next(iter(wds.WebDataset(str(bare), shardshuffle=False)))
+    assert decode_code_sample(raw, skips, read_resolution=32) is None
+    assert skips.seen["missing image"] == 1
+    assert decode_code_sample(raw, skips)["codes"].size == 64  # a codes model reads it as before
+
+
+def _doc_tasks(batch) -> list[int]:
+    """The task of each packed document, in order (its first target's task)."""
+    tasks = []
+    for row_doc, row_task in zip(batch["doc"], batch["task"]):
+        for d in row_doc.unique(sorted=True).tolist():
+            t = row_task[(row_doc == d) & (row_task >= 0)]
+            if len(t):
+                tasks.append(int(t[0]))
+    return tasks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -84,10 +85,11 @@ def test_a_tiny_run_trains_validates_and_releases(model_assets, tmp_path):
     # Without a progress bar the run says how it goes: step/budget, minutes, loss, task accuracies.
     lines = [line for line in res.stdout.splitlines() if line.startswith("[train")]
     assert len(lines) >= 3 and re.match(r"\[train\] step 1/40 \| \d+\.\d min \| loss \d", lines[0]), lines
-    # (The closing line has no figures when a regular line was printed at the last step.)
-    assert all("t2i_acc" in line and "caption_acc" in line and "steps/s" in line for line in lines[1:-1]), (
-        lines
-    )
+    # (The closing line has no figures when a regular line was printed at the last step.) A
+    # step's accuracies are of the tasks its batch holds, so a line may lack one; which steps get
+    # a line depends on the machine's speed.
+    assert all("_acc" in line and "steps/s" in line for line in lines[1:-1]), lines
+    assert any("t2i_acc" in line for line in lines) and any("caption_acc" in line for line in lines), lines
     assert lines[-1].startswith("[train done] step 40/40")
     rows = list(csv.DictReader(open(next(out.glob("logs/version_*/metrics.csv")))))
     val = [r for r in rows if r.get("val/t2i_acc")]
@@ -180,3 +182,88 @@ def test_fit_help_documents_every_config_field(script, flag, prefix):
     assert not undocumented, f"fields without help text: {undocumented}"
     if config is Architecture:
         assert helps["dim"].startswith("Width of the residual stream.")
+
+
+@pytest.mark.slow
+def test_an_encoder_run_starts_from_pretrained_weights_and_freezes_them(model_assets, tmp_path):
+    """understanding: encoder end to end: pixels from the code shards, the ViT started from a
+    timm file and frozen (LLaVA stage 2), the connector and the Transformer trained, the release
+    captioning through its encoder."""
+    from conftest import TINY_ENCODER
+    from safetensors.torch import load_file, save_file
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(3)
+    vit = VisionTransformer(
+        img_size=32, patch_size=4, embed_dim=TINY_ENCODER["dim"], depth=TINY_ENCODER["depth"],
+        num_heads=TINY_ENCODER["heads"], num_classes=0, global_pool="", class_token=False,
+    )  # fmt: skip
+    save_file(vit.state_dict(), str(tmp_path / "vit.safetensors"))
+    out = tmp_path / "run"
+    encoder = [f"--model.transformer.encoder.{k}={v}" for k, v in TINY_ENCODER.items()]
+    cmd = tiny_train_command(
+        model_assets,
+        out,
+        "--model.transformer.understanding=encoder",
+        *encoder,
+        f"--model.encoder_weights={tmp_path / 'vit.safetensors'}",
+        "--model.freeze=[encoder]",
+        "--trainer.max_steps=30",
+        "--trainer.val_check_interval=30",
+        "--trainer.log_every_n_steps=5",
+    )
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = list(csv.DictReader(open(next(out.glob("logs/version_*/metrics.csv")))))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert losses[-1] < losses[0]
+    assert [r for r in rows if r.get("val/caption_acc")]
+    released = load_file(str(out / "model" / "model.safetensors"))
+    for name, tensor in vit.state_dict().items():  # frozen: exactly the file's weights
+        assert torch.equal(released[f"understanding.vit.{name}"], tensor), name
+
+    import omni
+
+    pipe = omni.load_pretrained(out / "model")
+    assert pipe.model.understanding is not None
+    assert isinstance(pipe.caption(torch.zeros(3, 32, 32))[0], str)
+
+
+@pytest.mark.slow
+def test_llava_stages_train_the_connector_first_then_resume_with_the_transformer(model_assets, tmp_path):
+    """Stage 1 (`freeze: [encoder, transformer]`) changes only the connector; stage 2 resumes its
+    checkpoint with the Transformer unfrozen, and the optimiser state restores."""
+    from conftest import TINY_ENCODER
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    encoder = [f"--model.transformer.encoder.{k}={v}" for k, v in TINY_ENCODER.items()]
+    common = ["--model.transformer.understanding=encoder", *encoder, "--model.ema_decay=0"]
+    initial = tmp_path / "initial"
+    res = subprocess.run(
+        tiny_train_command(model_assets, initial, *common, "--trainer.max_steps=1", "--model.lr=1e-12"),
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    start = load_file(
+        str(initial / "model" / "model.safetensors")
+    )  # the seed's weights, one negligible step on
+
+    def stage(steps: int, freeze: str, *extra: str) -> dict:
+        cmd = tiny_train_command(
+            model_assets, out, *common, f"--trainer.max_steps={steps}", f"--model.freeze={freeze}", *extra
+        )
+        res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return load_file(str(out / "model" / "model.safetensors"))
+
+    def moved(a: dict, b: dict, prefix: str) -> bool:
+        return any(not torch.allclose(a[k], b[k], atol=1e-6) for k in a if k.startswith(prefix))
+
+    one = stage(10, "[encoder, transformer]", "--trainer.callbacks.init_args.every_n_train_steps=10")
+    assert moved(start, one, "understanding.connector.")
+    assert not moved(start, one, "understanding.vit.") and not moved(start, one, "blocks.")
+    two = stage(20, "[encoder]", "--ckpt_path=last")
+    assert moved(one, two, "blocks.") and moved(one, two, "understanding.connector.")
+    assert not moved(one, two, "understanding.vit.")
+    assert json.loads((out / "model" / "config.json").read_text())["trained_steps"] == 20
