@@ -261,3 +261,58 @@ def load_model(
         state = {k: v.to(dtype) for k, v in state.items()}
     load_strict(model, state, str(folder), str(folder / "config.json"), ModelFolderError)
     return model.eval()
+
+
+# What a model must share with a folder it starts from: the shapes of the weights they share, and
+# what those weights compute (rotary base, norms). The rest may differ (max_seq_len, backend, ...).
+SHARED_FIELDS = ("dim", "n_layers", "n_heads", "kv_heads", "ffn_dim", "qk_norm", "rope_base", "norm_eps")
+# Parts a training config may add to a folder's model: they start fresh.
+ADDABLE_PARTS = ("understanding.", "image_position.", "code_projection.", "code_readout.", "code_features")
+
+
+def load_initial_weights(model: Transformer, vocab: Vocab, folder: str | Path) -> list[str]:
+    """Start `model` (a new training run's, over `vocab`) from a model folder's weights: an Omni
+    release or an `omni convert` output. Returns the names of the weights the folder lacks, which
+    the run's config adds (an understanding encoder, image positions, the appearance table) and
+    which keep their fresh initialisation. ModelFolderError naming the fields or weights that differ."""
+    folder = Path(folder)
+    meta = read_config(folder)
+    check_release_parts(folder, meta)
+    theirs: ModelConfig = meta["model"]
+    if meta["vocab"] != vocab:
+        raise ModelFolderError(
+            f"{folder} was trained over another vocabulary ({meta['vocab'].size} ids) than data.tokenizer and "
+            f"data.vq give ({vocab.size}); train from it with its own: --data.tokenizer {folder}/tokenizer.json "
+            f"--data.vq {folder}/vq (and code shards encoded with that VQ)"
+        )
+    differ = [f for f in SHARED_FIELDS if getattr(theirs, f) != getattr(model.config, f)]
+    if differ:
+        fix = " ".join(f"--model.transformer.{f.replace('kv_heads', 'n_kv_heads').replace('ffn_dim', 'hidden_dim')} "
+                       f"{getattr(theirs, f)}" for f in differ)  # fmt: skip
+        raise ModelFolderError(
+            f"{folder} holds a model with "
+            + ", ".join(f"{f} {getattr(theirs, f)}" for f in differ)
+            + " but model.transformer gives "
+            + ", ".join(f"{f} {getattr(model.config, f)}" for f in differ)
+            + f"; to start from it: {fix}"
+        )
+    state = load_state(folder)
+    ours = model.state_dict()
+    fresh = sorted(k for k in ours if k not in state)
+    kept_out = [k for k in fresh if not k.startswith(ADDABLE_PARTS)]
+    unexpected = sorted(k for k in state if k not in ours)
+    shapes = [
+        f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}"
+        for k, v in state.items()
+        if k in ours and v.shape != ours[k].shape
+    ]
+    if kept_out or unexpected or shapes:
+        raise ModelFolderError(
+            f"the weights of {folder} do not fit model.transformer: missing {kept_out[:4]}, not in the config "
+            f"{unexpected[:4]} (the folder has parts the config leaves out: image_positions, image_features or "
+            f"understanding: encoder as the folder's config.json has them), shapes {shapes[:4]}"
+        )
+    with torch.no_grad():
+        for name, tensor in state.items():
+            ours[name].copy_(tensor)
+    return fresh

@@ -18,7 +18,7 @@ import torch
 
 from omni.assets import Assets
 from omni.attention import Visibility
-from omni.checkpoint import save_pretrained
+from omni.checkpoint import load_initial_weights, save_pretrained
 from omni.checks import check_number, check_numbers
 from omni.generate import GENERATION_DEFAULTS
 from omni.grammar import TASKS
@@ -60,6 +60,10 @@ class OmniLitModule(L.LightningModule):
         freeze: parts whose weights stay as they start: `encoder` (the understanding ViT),
             `connector`, `transformer` (everything else). LLaVA's stage 1 is [encoder, transformer]
             (only the connector learns), its stage 2 [encoder] (README, "Reading images with an encoder").
+        init_from: a model folder to start from (fine-tuning): an Omni release, or a Hugging Face
+            LLM converted by `omni convert from-hf`. Its tokenizer and VQ must be data.tokenizer and
+            data.vq; model.transformer must match its size; parts the config adds (an encoder,
+            image positions, the appearance table) start fresh (omni.checkpoint.load_initial_weights).
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class OmniLitModule(L.LightningModule):
         generation: dict | None = None,
         encoder_weights: str | None = None,
         freeze: list[str] | None = None,
+        init_from: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["assets"])
@@ -111,6 +116,13 @@ class OmniLitModule(L.LightningModule):
         self.model = Transformer(config)
         if config.image_features:
             self.model.code_features.copy_(assets.code_appearance())
+        if init_from:
+            fresh = load_initial_weights(self.model, self.vocab, init_from)
+            log.warning(
+                "started from the weights of %s%s",
+                init_from,
+                f"; new parts start fresh: {fresh[:3]}..." if fresh else "",
+            )
         if encoder_weights:
             if self.model.understanding is None:
                 raise ValueError(
