@@ -6,7 +6,7 @@
     omni tokenizer eval | train-text | encode ...             the tokenizer workflow
     omni data from-folder PHOTOS/ --out data/mine            your images + captions -> shards
     omni shapes make | benchmark ...                          the shapes world
-    omni convert from-hf --src HF_FOLDER --vq VQ --out FOLDER  a Hugging Face LLM -> an Omni folder
+    omni convert from-hf | to-hf ...                          Hugging Face Llama folders in and out
     omni demo                                                 the whole shapes pipeline
 
 Each command is a module with `main(argv)`; the checkout's entry files (train.py, sample.py,
@@ -39,8 +39,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "score a model folder (or ground truth) with the analyzer",
     ),
     ("convert", "from-hf"): (
-        "omni.commands.convert",
+        "omni.commands.convert_from_hf",
         "a Hugging Face Llama-family folder -> an Omni model folder",
+    ),
+    ("convert", "to-hf"): (
+        "omni.commands.convert_to_hf",
+        "an Omni model folder -> a Hugging Face LlamaForCausalLM folder",
     ),
     ("demo",): ("omni.shapes.demo", "the end-to-end shapes demo that make demo runs"),
 }

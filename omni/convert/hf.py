@@ -1,4 +1,4 @@
-"""Hugging Face Llama-family checkpoints -> Omni model folders.
+"""Hugging Face Llama-family checkpoints -> Omni model folders (`from_hf`), and back (`to_hf`).
 
 A Llama, Mistral or SmolLM/TinyLlama-style folder (`config.json`, `model.safetensors` or its
 sharded index, `tokenizer.json`) becomes an Omni release folder over a VQ of the user's: the
@@ -15,6 +15,7 @@ other architectures. Only safetensors are read (a `pytorch_model.bin` is refused
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -188,3 +189,105 @@ def from_hf(src: str | Path, dst: str | Path, vq: str | Path, image_generation: 
     state = {k: v.float().contiguous() for k, v in state.items()}
     generation = {"image_generation": image_generation} | GENERATION_DEFAULTS
     return save_pretrained(dst, state, model_config, assets, generation, extra={"trained_steps": 0})
+
+
+# What a causal LlamaForCausalLM cannot compute of an Omni model, and why.
+NOT_EXPRESSIBLE = {
+    "image_generation": (
+        "mask",
+        "mask-mode generation fills a bidirectional image block, which a causal model cannot",
+    ),
+    "image_positions": (True, "LlamaForCausalLM has no learned image-position table"),
+    "image_features": (True, "LlamaForCausalLM has no code-appearance table"),
+    "grid_rotary": (True, "LlamaForCausalLM's rotary positions are 1-D"),
+    "qk_norm": (True, "LlamaForCausalLM has no QK-norm"),
+    "understanding": ("encoder", "LlamaForCausalLM has no understanding encoder"),
+}
+
+
+def to_hf(src: str | Path, dst: str | Path) -> Path:
+    """Export an Omni model folder `src` as a Hugging Face `LlamaForCausalLM` folder `dst` (config.json,
+    model.safetensors, tokenizer.json with Omni's special tokens and one `<|image_N|>` token per
+    VQ code, and `vq/` to decode generated codes with `omni.tokenizers.load_vq`); returns `dst`.
+
+    For serving text and raster (ar) image generation: a causal HF model reads every image causally,
+    so Omni's bidirectional reading of images (captions, VQA) is not what it computes. Models with
+    parts a causal Llama cannot express are refused with the reason (`NOT_EXPRESSIBLE`).
+    """
+    from safetensors.torch import save_file
+    from tokenizers import AddedToken, Tokenizer
+
+    from omni.checkpoint import check_release_parts, load_state, read_config
+    from omni.release import writing_folder
+
+    src, dst = Path(src), Path(dst)
+    meta = read_config(src)
+    check_release_parts(src, meta)
+    config, vocab = meta["model"], meta["vocab"]
+    for field, (bad, why) in NOT_EXPRESSIBLE.items():
+        value = getattr(config, field)
+        if value == bad or (bad is True and value):
+            raise UnsupportedModelError(f"{src}: model.{field} = {value!r} cannot be exported: {why}")
+    state = load_state(src)
+    q, kv = config.n_heads * config.head_dim, config.kv_heads * config.head_dim
+    hf = {
+        "model.embed_tokens.weight": state["embedding.weight"],
+        "lm_head.weight": state["output.weight"],
+        "model.norm.weight": state["norm.weight"],
+    }
+    for i in range(config.n_layers):
+        layer, block = f"model.layers.{i}.", f"blocks.{i}."
+        wq, wk, wv = state[block + "attention.wqkv.weight"].split([q, kv, kv])
+        gate, up = state[block + "ffn.w13.weight"].chunk(2)
+        hf |= {
+            layer + "input_layernorm.weight": state[block + "attention_norm.weight"],
+            layer + "post_attention_layernorm.weight": state[block + "ffn_norm.weight"],
+            layer + "self_attn.q_proj.weight": wq,
+            layer + "self_attn.k_proj.weight": wk,
+            layer + "self_attn.v_proj.weight": wv,
+            layer + "self_attn.o_proj.weight": state[block + "attention.wo.weight"],
+            layer + "mlp.gate_proj.weight": gate,
+            layer + "mlp.up_proj.weight": up,
+            layer + "mlp.down_proj.weight": state[block + "ffn.w2.weight"],
+        }
+    hf_config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab.size,
+        "hidden_size": config.dim,
+        "intermediate_size": config.ffn_dim,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.max_seq_len,
+        "rope_theta": config.rope_base,  # transformers < 5
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_base},  # 5 and later
+        "rms_norm_eps": config.norm_eps,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": vocab.special("bos"),
+        "eos_token_id": vocab.special("eos"),
+        "pad_token_id": vocab.special("pad"),
+        "torch_dtype": "float32",
+    }
+    # The text tokenizer, then every id Omni added after it: its special tokens, then the codes.
+    tokenizer = Tokenizer.from_file(str(src / "tokenizer.json"))
+    added = sorted((i, n) for n, i in vocab.special_ids.items() if i >= vocab.text_size)
+    from omni.vocab import SPECIALS
+
+    tokens = [SPECIALS[n] for _, n in added] + [f"<|image_{c}|>" for c in range(vocab.codebook_size)]
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens])
+    if (
+        tokenizer.get_vocab_size(with_added_tokens=True) != vocab.size
+        or tokenizer.token_to_id(f"<|image_{vocab.codebook_size - 1}|>") != vocab.size - 1
+    ):
+        raise ValueError(f"{src}: the tokenizer's ids cannot be laid out as the model's vocabulary")
+    with writing_folder(dst, "hf-export", what="HF export folder") as tmp:
+        save_file({k: v.float().contiguous() for k, v in hf.items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        tokenizer.save(str(tmp / "tokenizer.json"))
+        shutil.copytree(src / "vq", tmp / "vq")
+    return dst
