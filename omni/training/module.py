@@ -59,7 +59,7 @@ class OmniLitModule(L.LightningModule):
             encoder's config must match it (omni.understanding.load_encoder_weights).
         freeze: parts whose weights stay as they start: `encoder` (the understanding ViT),
             `connector`, `transformer` (everything else). LLaVA's stage 1 is [encoder, transformer]
-            (only the connector learns), its stage 2 [encoder] (README, "Reading images with an encoder").
+            (only the connector learns), its stage 2 [encoder] (docs/encoder-and-interop.md).
         init_from: a model folder to start from (fine-tuning): an Omni release, or a Hugging Face
             LLM converted by `omni convert from-hf`. Its tokenizer and VQ must be data.tokenizer and
             data.vq; model.transformer must match its size; parts the config adds (an encoder,
