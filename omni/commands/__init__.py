@@ -7,6 +7,7 @@
     omni data from-folder PHOTOS/ --out data/mine            your images + captions -> shards
     omni shapes make | benchmark ...                          the shapes world
     omni convert from-hf | to-hf ...                          Hugging Face Llama folders in and out
+    omni convert from-llamagen-vq ...                         LlamaGen's VQ tokenizers in
     omni demo                                                 the whole shapes pipeline
 
 Each command is a module with `main(argv)`; the checkout's entry files (train.py, sample.py,
@@ -45,6 +46,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("convert", "to-hf"): (
         "omni.commands.convert_to_hf",
         "an Omni model folder -> a Hugging Face LlamaForCausalLM folder",
+    ),
+    ("convert", "from-llamagen-vq"): (
+        "omni.commands.convert_from_llamagen_vq",
+        "a LlamaGen VQ checkpoint (.pt) -> an Omni VQ folder",
     ),
     ("demo",): ("omni.shapes.demo", "the end-to-end shapes demo that make demo runs"),
 }

@@ -18,7 +18,7 @@ from omni.release import load_strict, read_release_config, save_tensors, writing
 from omni.tokenizers.vqgan import VQConfig, VQModel
 
 FORMAT = "omni-vq"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the `conv` architecture became LlamaGen's layout (attention, z_channels)
 
 
 class VQFolderError(ValueError):
@@ -71,6 +71,13 @@ def read_vq_config(folder: str | Path) -> VQConfig:
     config = read_release_config(folder, FORMAT, FORMAT_VERSION, VQFolderError, hint)
     if "vq" not in config:
         raise VQFolderError(f"{path} lacks the 'vq' section; re-export the tokenizer")
+    if config.get("format_version", FORMAT_VERSION) < 2 and config["vq"].get("architecture") == "conv":
+        raise VQFolderError(
+            f"{path}: a `conv` VQ written by Omni 0.1.0, whose conv layout (no attention, no "
+            f"z_channels) this Omni no longer builds: retrain it with `omni tokenizer train-vq fit` "
+            f"(the `conv` presets are now LlamaGen's VQ-16 / VQ-8, which `omni convert "
+            f"from-llamagen-vq` imports), or load it with Omni 0.1.0"
+        )
     fields = set(VQConfig.__dataclass_fields__)
     unknown = sorted(set(config["vq"]) - fields)
     if unknown:

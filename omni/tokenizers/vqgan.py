@@ -9,8 +9,10 @@ Two architectures, chosen per scale by measurement:
 * `patch` (32 px on a CPU): a stride-f patchify convolution, residual 1x1 MLP blocks and (with
   `patch_context`) one 3x3 block for context; the decoder mirrors it and ends in a pixel
   shuffle. Cheap enough to train in minutes on two cores.
-* `conv` (256 px on GPUs): the taming / LlamaGen stack of residual 3x3 blocks with GroupNorm
-  and stride-2 downsampling, nearest-neighbour upsampling in the decoder.
+* `conv` (256 px on GPUs): the taming / LlamaGen stack of residual 3x3 blocks with GroupNorm,
+  stride-2 downsampling, self-attention at the lowest resolution, nearest-neighbour upsampling
+  in the decoder. It is LlamaGen's VQ layer for layer, so its released tokenizers convert
+  exactly (`omni.convert.from_llamagen_vq`; presets `f16-256` = VQ-16, `f8-256` = VQ-8).
 
 This module does encode / quantize / decode only; losses and the discriminator live in
 `omni.tokenizers.losses`.
@@ -23,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from omni.tokenizers.quantize import QuantizerOutput, VectorQuantizer
@@ -43,7 +46,10 @@ class VQConfig:
     channel_mult: tuple[int, ...] = (1,)
     """`conv` only: width multiplier per resolution level (len = log2(downsample) + 1)."""
     num_blocks: int = 2
-    """Residual blocks per level (`conv`) or MLP blocks (`patch`)."""
+    """Residual blocks per level (`conv`; the decoder has one more) or MLP blocks (`patch`)."""
+    z_channels: int = 256
+    """`conv` only: width of the encoder's output (and the decoder's input) around the 1x1
+    projections to and from the code dimension."""
     patch_context: bool = True
     """`patch` only: let each code see its neighbours (a 3x3 block) and the image's statistics
     (GroupNorm). False makes a code a function of its own patch alone, so identical patches
@@ -69,6 +75,10 @@ class VQConfig:
             raise ValueError(
                 f"resolution {self.resolution} is not a multiple of downsample {self.downsample}"
             )
+        sizes = {k: getattr(self, k) for k in ("channels", "num_blocks", "z_channels", "code_dim")}
+        bad = {k: v for k, v in sizes.items() if v < 1}
+        if bad or min(self.channel_mult, default=1) < 1:
+            raise ValueError(f"sizes must be positive, got {bad or {'channel_mult': self.channel_mult}}")
         levels = self.downsample.bit_length()  # log2(f) + 1
         if self.architecture == "conv" and len(self.channel_mult) != levels:
             raise ValueError(f"channel_mult needs {levels} entries for downsample {self.downsample}")
@@ -100,7 +110,7 @@ PRESETS: dict[str, VQConfig] = {
         patch_context=False,
         codebook_size=256,
     ),
-    # taming / LlamaGen shapes for 256 px: 16x16 and 32x32 codes.
+    # LlamaGen's VQ-16 and VQ-8 (the taming stack) for 256 px: 16x16 and 32x32 codes.
     "f16-256": VQConfig(
         resolution=256,
         architecture="conv",
@@ -115,7 +125,7 @@ PRESETS: dict[str, VQConfig] = {
         architecture="conv",
         downsample=8,
         channels=128,
-        channel_mult=(1, 1, 2, 4),
+        channel_mult=(1, 2, 2, 4),
         num_blocks=2,
         codebook_size=16384,
     ),
@@ -180,32 +190,119 @@ def _patch_decoder(cfg: VQConfig) -> nn.Sequential:
     )  # fmt: skip
 
 
-def _conv_encoder(cfg: VQConfig) -> nn.Sequential:
-    widths = [cfg.channels * m for m in cfg.channel_mult]
-    layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
-    c = widths[0]
-    for level, w in enumerate(widths):
-        for _ in range(cfg.num_blocks):
-            layers.append(ResBlock(c, w))
-            c = w
-        if level < len(widths) - 1:
-            layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-    layers += [ResBlock(c, c), ResBlock(c, c), _norm(c), nn.SiLU(), nn.Conv2d(c, cfg.code_dim, 1)]
-    return nn.Sequential(*layers)
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the positions of a (B, C, H, W) map, with a residual
+    (taming / LlamaGen: only at the lowest resolution, where it is affordable)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.norm = _norm(c)
+        self.qkv = nn.Conv2d(c, 3 * c, 1)
+        self.out = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=-1)  # (B, HW, C)
+        y = F.scaled_dot_product_attention(q, k, v)  # one head: scale 1/sqrt(C)
+        return x + self.out(y.transpose(1, 2).reshape(b, c, h, w))
 
 
-def _conv_decoder(cfg: VQConfig) -> nn.Sequential:
-    widths = [cfg.channels * m for m in cfg.channel_mult][::-1]
-    c = widths[0]
-    layers: list[nn.Module] = [nn.Conv2d(cfg.code_dim, c, 3, padding=1), ResBlock(c, c), ResBlock(c, c)]
-    for level, w in enumerate(widths):
-        for _ in range(cfg.num_blocks + 1):
-            layers.append(ResBlock(c, w))
-            c = w
-        if level < len(widths) - 1:
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
-    layers += [_norm(c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1)]
-    return nn.Sequential(*layers)
+class Downsample(nn.Module):
+    """Stride-2 3x3 convolution, padded one pixel on the right and bottom only (taming's layout:
+    weights trained that way need the same padding)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Sequential):
+    """Nearest-neighbour x2, then a 3x3 convolution."""
+
+    def __init__(self, c: int):
+        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1))
+
+
+class Level(nn.Module):
+    """One resolution of the conv stack: residual blocks, each followed by attention at the lowest
+    resolution, then a resampling (none at the stack's end)."""
+
+    def __init__(self, c_in: int, c_out: int, blocks: int, attention: bool, resample: nn.Module | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(ResBlock(c_in if i == 0 else c_out, c_out) for i in range(blocks))
+        self.attentions = nn.ModuleList(AttentionBlock(c_out) for _ in range(blocks if attention else 0))
+        self.resample = resample or nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if self.attentions:
+                x = self.attentions[i](x)
+        return self.resample(x)
+
+
+def _middle(c: int) -> nn.Sequential:
+    return nn.Sequential(ResBlock(c, c), AttentionBlock(c), ResBlock(c, c))
+
+
+class ConvEncoder(nn.Module):
+    """taming / LlamaGen encoder: stem, one `Level` per resolution, middle, head to `z_channels`,
+    then a 1x1 projection to the code dimension (LlamaGen's `quant_conv`)."""
+
+    def __init__(self, cfg: VQConfig):
+        super().__init__()
+        widths = [cfg.channels * m for m in cfg.channel_mult]
+        last = len(widths) - 1
+        self.stem = nn.Conv2d(3, cfg.channels, 3, padding=1)
+        self.levels = nn.ModuleList(
+            Level(
+                ([cfg.channels] + widths)[i], w, cfg.num_blocks, attention=i == last,
+                resample=Downsample(w) if i < last else None,
+            )
+            for i, w in enumerate(widths)
+        )  # fmt: skip
+        self.middle = _middle(widths[-1])
+        self.head = nn.Sequential(
+            _norm(widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], cfg.z_channels, 3, padding=1)
+        )
+        self.to_code = nn.Conv2d(cfg.z_channels, cfg.code_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for level in self.levels:
+            x = level(x)
+        return self.to_code(self.head(self.middle(x)))
+
+
+class ConvDecoder(nn.Module):
+    """The encoder's mirror: 1x1 from the code dimension to `z_channels` (LlamaGen's
+    `post_quant_conv`), stem, middle, one `Level` per resolution (lowest first, one block more
+    than the encoder's, attention at the lowest), head to RGB."""
+
+    def __init__(self, cfg: VQConfig):
+        super().__init__()
+        widths = [cfg.channels * m for m in cfg.channel_mult][::-1]
+        last = len(widths) - 1
+        self.from_code = nn.Conv2d(cfg.code_dim, cfg.z_channels, 1)
+        self.stem = nn.Conv2d(cfg.z_channels, widths[0], 3, padding=1)
+        self.middle = _middle(widths[0])
+        self.levels = nn.ModuleList(
+            Level(
+                ([widths[0]] + widths)[i], w, cfg.num_blocks + 1, attention=i == 0,
+                resample=Upsample(w) if i < last else None,
+            )
+            for i, w in enumerate(widths)
+        )  # fmt: skip
+        self.head = nn.Sequential(_norm(widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], 3, 3, padding=1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.middle(self.stem(self.from_code(z)))
+        for level in self.levels:
+            x = level(x)
+        return self.head(x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +315,7 @@ class VQModel(nn.Module):
     def __init__(self, config: VQConfig):
         super().__init__()
         self.config = config
-        build = {"patch": (_patch_encoder, _patch_decoder), "conv": (_conv_encoder, _conv_decoder)}
+        build = {"patch": (_patch_encoder, _patch_decoder), "conv": (ConvEncoder, ConvDecoder)}
         make_encoder, make_decoder = build[config.architecture]
         self.encoder = make_encoder(config)
         self.quantizer = VectorQuantizer(
