@@ -6,7 +6,7 @@
     codes = generate_images_ar(model, vocab, captions, grid=64, compile=True)  # same codes, faster steps
 
 Prompts come from the token grammar (`omni.grammar.Grammar.prompt`): token ids, optionally with
-an image block, `Prompt(ids, image=(start, end))`.
+image blocks, `Prompt(ids, images=[(start, end)])`.
 A batch of prompts of different lengths is left-padded; padding positions are their own
 documents (omni.attention), so they never influence real tokens, and rotary positions start at
 0 at each prompt's first real token. Decoding is constrained: text decoding may emit only text
@@ -99,12 +99,9 @@ def layout(
         pad = width - len(p.ids)
         pads.append(pad)
         tokens[row, pad:] = torch.tensor(p.ids, dtype=torch.long)
-        images, reads = [], []
-        if p.image is not None:
-            images.append((pad + p.image[0], pad + p.image[1], True))
-            if p.pixels is not None:
-                reads.append((pad + p.image[0], pad + p.image[1]))
-                pixels.append(p.pixels)
+        images = [(pad + start, pad + end, True) for start, end in p.images]
+        reads = [(pad + start, pad + end) for start, end in p.images[: len(p.pixels)]]
+        pixels += p.pixels
         if new_image is not None:
             images.append((width + new_image[0], width + new_image[1], bidirectional))
         rows.append([Placed(pad, length, images, reads)])
@@ -188,27 +185,55 @@ def generate_text(
     path is tested against); `compile=True` runs each step compiled (`Decoder`).
     """
     device = model.output.weight.device
+    allowed = vocab.text_id_mask(device).expand(len(prompts), -1)
+    eos = vocab.special("eos")
+    rows = _continue(
+        model, vocab, prompts, [max_new_tokens] * len(prompts), allowed, {eos},
+        temperature, top_k, top_p, generator, use_cache, compile,
+    )  # fmt: skip
+    return [row[:-1] if row and row[-1] == eos else row for row in rows]
+
+
+def _continue(
+    model: Transformer,
+    vocab: Vocab,
+    prompts: Sequence[Prompt],
+    limits: Sequence[int],
+    allowed: torch.Tensor,
+    stops: set[int],
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+    use_cache: bool = True,
+    compile: bool = False,
+) -> list[list[int]]:
+    """Decode each prompt one token at a time, only ids that `allowed` (B, V) permits, until it
+    emits one of `stops` (kept at the end of its row) or `limits` tokens."""
+    device = model.output.weight.device
     check_generator(generator, device)
+    steps = max(limits)
     batch = layout(
-        prompts, max_new_tokens, vocab.special("pad"), device=device,
+        prompts, steps, vocab.special("pad"), device=device,
         width_multiple=COMPILED_WIDTH_MULTIPLE if compile else 1, max_length=model.config.max_seq_len,
     )  # fmt: skip
-    allowed = vocab.text_id_mask(device)
-    eos = vocab.special("eos")
+    stop_ids = torch.tensor(sorted(stops), device=device)
+    limits_t = torch.tensor(list(limits), device=device)
     decoder = Decoder(model, batch, use_cache, compile)
     logits = decoder.prefill()
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    out = []
-    for step in range(max_new_tokens):
+    done = limits_t <= 0
+    rows: list[list[int]] = [[] for _ in prompts]
+    for step in range(steps):
         nxt = sample(_restrict(logits, allowed), temperature, top_k, top_p, generator)
-        nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-        out.append(nxt)
-        done |= nxt == eos
-        if done.all() or step == max_new_tokens - 1:
+        for row in (~done).nonzero().flatten().tolist():
+            rows[row].append(int(nxt[row]))
+        done |= torch.isin(nxt, stop_ids) | (limits_t <= step + 1)
+        if done.all():
             break
+        # A finished row is fed a stop id: its later positions influence nothing that is kept.
+        nxt = torch.where(done, stop_ids[0], nxt)
         logits = decoder.step(nxt[:, None], decoder.width + step)[:, -1]
-    generated = torch.stack(out, dim=1).tolist()
-    return [row[: row.index(eos)] if eos in row else row for row in generated]
+    return rows
 
 
 # A compiled step pads its prompts to a multiple of this, so that prompts of nearby lengths share
@@ -350,10 +375,30 @@ def generate_images_mask(
     `use_cache=False` recomputes the whole sequence at every step (the reference the cached path
     is tested against); `compile=True` runs each step compiled (`Decoder`).
     """
+    prompts = Grammar(vocab).guided_t2i_prompts(captions, guidance)
+    return images_mask(
+        model, vocab, prompts, grid, steps, guidance, temperature, generator, initial, use_cache, compile
+    )
+
+
+def images_mask(
+    model: Transformer,
+    vocab: Vocab,
+    prompts: Sequence[Prompt],
+    grid: int,
+    steps: int = 12,
+    guidance: float = 2.0,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    initial: torch.Tensor | None = None,
+    use_cache: bool = True,
+    compile: bool = False,
+) -> torch.Tensor:
+    """`generate_images_mask` after any prompts that end where an image block begins (after
+    <boi>): n conditional prompts, then (with guidance > 0) n unconditional ones."""
     device = model.output.weight.device
     check_generator(generator, device)
-    n = len(captions)
-    prompts = Grammar(vocab).guided_t2i_prompts(captions, guidance)
+    n = len(prompts) // 2 if guidance > 0 else len(prompts)
     batch = layout(
         prompts, grid, vocab.special("pad"), new_image=(0, grid), device=device,
         width_multiple=COMPILED_WIDTH_MULTIPLE if compile else 1, max_length=model.config.max_seq_len,
@@ -421,10 +466,42 @@ def generate_images_ar(
     in raster order (not those after it; mask mode sees both). `use_cache=False` recomputes the
     whole sequence at every step; `compile=True` runs each step compiled (`Decoder`).
     """
+    prompts = Grammar(vocab).guided_t2i_prompts(captions, guidance)
+    return images_ar(
+        model,
+        vocab,
+        prompts,
+        grid,
+        guidance,
+        temperature,
+        top_k,
+        top_p,
+        generator,
+        use_cache,
+        initial,
+        compile,
+    )
+
+
+def images_ar(
+    model: Transformer,
+    vocab: Vocab,
+    prompts: Sequence[Prompt],
+    grid: int,
+    guidance: float = 2.0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    initial: torch.Tensor | None = None,
+    compile: bool = False,
+) -> torch.Tensor:
+    """`generate_images_ar` after any prompts that end where an image block begins (after
+    <boi>): n conditional prompts, then (with guidance > 0) n unconditional ones."""
     device = model.output.weight.device
     check_generator(generator, device)
-    n = len(captions)
-    prompts = Grammar(vocab).guided_t2i_prompts(captions, guidance)
+    n = len(prompts) // 2 if guidance > 0 else len(prompts)
     batch = layout(
         prompts, grid, vocab.special("pad"), new_image=(0, grid), bidirectional=False, device=device,
         width_multiple=COMPILED_WIDTH_MULTIPLE if compile else 1, max_length=model.config.max_seq_len,
@@ -445,3 +522,105 @@ def generate_images_ar(
         fed = torch.cat([nxt, nxt]) if guidance > 0 else nxt
         logits = decoder.step(fed[:, None], decoder.width + i)[:, -1]
     return vocab.codes(torch.stack(out, dim=1))
+
+
+@torch.no_grad()
+def generate_interleaved(
+    model: Transformer,
+    vocab: Vocab,
+    prompts: Sequence[Prompt],
+    grid: int,
+    image_generation: str,
+    max_new_tokens: int = 256,
+    text_temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    mask_steps: int = 12,
+    guidance: float = 2.0,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """Continue each prompt with text and images in any order, as the model chooses (Chameleon):
+    text decoding may emit <boi>, and that row then gets one image block of `grid` codes by the
+    model's own `image_generation` ("mask" or "ar", guided against the empty-caption t2i prompt
+    with `guidance` > 0), closed by <eoi>, and goes on with text; until <eos> (excluded) or
+    `max_new_tokens` tokens in all (images included) or the model's `max_seq_len`.
+
+    Rows switch on their own: a text phase decodes every row until it emits <boi> or <eos>, then
+    one image phase draws the images of the rows that asked; every <boi> is closed (<boi> is only
+    allowed while the block and its <eoi> still fit). Returns each row's new ids (split them with
+    `Grammar.parts`); each phase runs the row's whole sequence so far again as its prompt.
+    """
+    if image_generation not in ("mask", "ar"):
+        raise ValueError(f"image_generation must be 'mask' or 'ar', got {image_generation!r}")
+    device = model.output.weight.device
+    check_generator(generator, device)
+    eos, boi, eoi = (vocab.special(name) for name in ("eos", "boi", "eoi"))
+    text_or_boi = vocab.text_id_mask(device)
+    text_or_boi[boi] = True
+    text_only = vocab.text_id_mask(device)
+    contexts = [Prompt(list(p.ids), list(p.images), list(p.pixels)) for p in prompts]
+    out: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    image_block = grid + 1  # the codes and <eoi> that follow a <boi>
+    while True:
+        room = [
+            min(max_new_tokens - len(o), model.config.max_seq_len - len(c.ids)) for o, c in zip(out, contexts)
+        ]
+        done = [d or r <= 0 for d, r in zip(done, room)]
+        active = [i for i, d in enumerate(done) if not d]
+        if not active:
+            return out
+        phase = model.config.max_seq_len - max(len(contexts[i].ids) for i in active)
+        # Text may run up to where an image still fits after it; past that, text only.
+        draws = [room[i] > image_block for i in active]
+        limits = [min(phase, room[i] - image_block if can else room[i]) for i, can in zip(active, draws)]
+        allowed = torch.stack([text_or_boi if can else text_only for can in draws])
+        rows = _continue(
+            model, vocab, [contexts[i] for i in active], limits, allowed, {eos, boi},
+            text_temperature, top_k, top_p, generator, use_cache,
+        )  # fmt: skip
+        wants_image = []
+        for i, row in zip(active, rows):
+            if row and row[-1] == eos:
+                row, done[i] = row[:-1], True
+            contexts[i].ids += row
+            out[i] += row
+            if row and row[-1] == boi:
+                wants_image.append(i)
+        if not wants_image:
+            continue
+        conditional = [contexts[i] for i in wants_image]
+        unconditional = [Grammar(vocab).prompt("t2i", caption=[])] * len(conditional) if guidance > 0 else []
+        if image_generation == "mask":
+            codes = images_mask(
+                model,
+                vocab,
+                conditional + unconditional,
+                grid,
+                mask_steps,
+                guidance,
+                temperature,
+                generator,
+                None,
+                use_cache,
+            )
+        else:
+            codes = images_ar(
+                model,
+                vocab,
+                conditional + unconditional,
+                grid,
+                guidance,
+                temperature,
+                top_k,
+                top_p,
+                generator,
+                use_cache,
+            )
+        for i, row_codes in zip(wants_image, vocab.image_ids(codes).tolist()):
+            start = len(contexts[i].ids)
+            contexts[i].ids += row_codes + [eoi]
+            contexts[i].images.append((start, start + grid))
+            out[i] += row_codes + [eoi]

@@ -70,11 +70,18 @@ class Document:
 
 @dataclass
 class Prompt:
-    """Token ids of one prompt and, if it holds one, the [start, end) of its image block."""
+    """Token ids of one prompt and the [start, end) of each image block in it (all read:
+    bidirectional inside, like a read image in training)."""
 
     ids: list[int]
-    image: tuple[int, int] | None = None
-    pixels: torch.Tensor | None = None  # (3, R, R) of the image it reads, for an understanding encoder
+    images: list[tuple[int, int]] = field(default_factory=list)
+    pixels: list[torch.Tensor] = field(default_factory=list)
+    """(3, R, R) of the first len(pixels) images, for a model that reads them with an understanding
+    encoder; the others are read as their codes."""
+
+    def __post_init__(self):
+        if len(self.pixels) > len(self.images):
+            raise ValueError(f"{len(self.pixels)} pixel tensors for {len(self.images)} image blocks")
 
 
 @dataclass
@@ -102,7 +109,8 @@ class Grammar:
         continue (lm: the text whose continuation is wanted). `pixels` (3, R, R): the image's, for
         a model that reads images with an understanding encoder."""
         ids, image = self._render(template(task)[0], slots, 0)
-        return Prompt(ids + list(answer_start), image, self._read(task, pixels))
+        pixels = self._read(task, pixels)
+        return Prompt(ids + list(answer_start), [image] if image else [], [] if pixels is None else [pixels])
 
     def document(self, task: str, key: str = "", causal_image: bool = True, pixels=None, **slots) -> Document:
         """The training document of `task`: the prompt, then the answer with next-token targets
@@ -148,6 +156,25 @@ class Grammar:
         has_image = any("$image" in parts for parts in template(task))
         text_answer = any(p.startswith("$") and p != "$image" for p in template(task)[1])
         return max_seq_len - self.overhead(task) - image_tokens * has_image - answer * text_answer
+
+    def parts(self, ids: Sequence[int]) -> list[tuple[str, list[int]]]:
+        """Generated ids split into their parts in order: ("text", text ids) and ("image", VQ codes)
+        for each `<boi> codes <eoi>` block; ValueError for a block that is not closed."""
+        boi, eoi = self.vocab.special("boi"), self.vocab.special("eoi")
+        parts: list[tuple[str, list[int]]] = []
+        i = 0
+        while i < len(ids):
+            if ids[i] == boi:
+                end = list(ids).index(eoi, i) if eoi in ids[i:] else -1
+                if end < 0:
+                    raise ValueError(f"an image block opened at {i} is not closed by <eoi>")
+                parts.append(("image", [int(self.vocab.codes(t)) for t in ids[i + 1 : end]]))
+                i = end + 1
+            else:
+                end = next((j for j in range(i, len(ids)) if ids[j] == boi), len(ids))
+                parts.append(("text", list(ids[i:end])))
+                i = end
+        return parts
 
     def guided_t2i_prompts(self, captions: Sequence[list[int]], guidance: float) -> list[Prompt]:
         """t2i prompts of the captions, followed (with guidance > 0) by as many empty-caption ones:

@@ -5,6 +5,7 @@
     captions = pipe.caption(images)                                       # strings
     answers = pipe.answer(images, ["what color is the circle?"])
     texts = pipe.generate_text(["a blue"])
+    parts = pipe.generate(["draw a red circle"])[0]      # strings and PIL images, in the model's order
     filled = pipe.inpaint(images[0], (0, 0, 16, 16), "a green square")
 
 Images may be PIL images, paths, or tensors (3, H, W) in [-1, 1]; any mode or size is converted
@@ -32,6 +33,7 @@ from omni.generate import (
     GENERATION_RULES,
     generate_images_ar,
     generate_images_mask,
+    generate_interleaved,
     generate_text,
     seeded_generator,
 )
@@ -245,6 +247,71 @@ class OmniPipeline:
         budget = self._text_room("lm")
         ids = [self.grammar.prompt("lm", answer_start=self._text_ids(p, budget, "prompt")) for p in prompts]
         return self._decode(ids, max_new_tokens, temperature, seed)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: str | Sequence[str | Sequence],
+        *,
+        max_new_tokens: int | None = None,
+        text_temperature: float | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        temperature: float | None = None,
+        seed: int = 0,
+    ) -> list[list[str | Image.Image]]:
+        """Mixed-modal continuation: each prompt (a string, or a list of strings and images in
+        order) is continued with text and images in the order the model chooses (it draws when it
+        emits <boi>: `omni.generate.generate_interleaved`). Returns, per prompt, the new parts in
+        order: strings and PIL images. `max_new_tokens` counts image tokens too (default: all the
+        room the sequence has left)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        rendered = [self._document_prompt([p] if isinstance(p, str) else list(p)) for p in prompts]
+        room = self.model.config.max_seq_len - max(len(p.ids) for p in rendered)
+        if room < 1:
+            raise ValueError(
+                f"the prompt fills the model's {self.model.config.max_seq_len} positions; shorten it"
+            )
+        ids = generate_interleaved(
+            self.model,
+            self.vocab,
+            rendered,
+            self.grid,
+            self.model.config.image_generation,
+            max_new_tokens=room if max_new_tokens is None else min(max_new_tokens, room),
+            text_temperature=self._option("text_temperature", text_temperature),
+            top_k=self._option("top_k", None),
+            mask_steps=self._option("mask_steps", steps),
+            guidance=self._option("guidance_scale", guidance),
+            temperature=self._option("temperature", temperature),
+            generator=self._generator(seed),
+        )
+        out = []
+        for row in ids:
+            parts: list[str | Image.Image] = []
+            for kind, content in self.grammar.parts(row):
+                if kind == "image":
+                    parts += to_pil(self.vq.decode(torch.tensor([content], device=self.device)))
+                elif text := self.tokenizer.decode(content).strip():
+                    parts.append(text)
+            out.append(parts)
+        return out
+
+    def _document_prompt(self, parts: list) -> Prompt:
+        """`<lm> <bos>` then the parts in order: text, and images as `<boi> codes <eoi>` (read
+        through the understanding encoder when the model has one)."""
+        ids = [self.vocab.special("lm"), self.vocab.special("bos")]
+        images, pixels = [], []
+        for part in parts:
+            if isinstance(part, str):
+                ids += self.tokenizer.encode(part)
+                continue
+            codes, read = self._read([part])
+            ids.append(self.vocab.special("boi"))
+            images.append((len(ids), len(ids) + codes.shape[1]))
+            ids += self.vocab.image_ids(codes[0]).tolist() + [self.vocab.special("eoi")]
+            pixels += [px for px in read if px is not None]
+        return Prompt(ids, images, pixels)
 
     @torch.no_grad()
     def inpaint(

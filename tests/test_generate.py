@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import eager_to_draw
 
 from omni.generate import (
     Prompt,
     generate_images_ar,
     generate_images_mask,
+    generate_interleaved,
     generate_text,
     mask_schedule,
     sample,
@@ -293,3 +295,60 @@ def test_where_compiling_fails_the_samplers_warn_once_and_give_the_same_outputs(
             assert compiled == eager if name.startswith("text") else torch.equal(compiled, eager), name
     assert len([w for w in caught if "torch.compile" in str(w.message)]) == 1
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("mode", ["mask", "ar"])
+def test_interleaved_output_is_well_formed_and_each_row_switches_on_its_own(setup, mode):
+    tok, vocab, models = setup
+    model, grammar = models[mode], Grammar(vocab)
+    prompts = [
+        grammar.prompt("lm", answer_start=tok.encode(t)) for t in ("a red", "draw", "two blue squares", "x")
+    ]
+    prompts.append(image_prompt(vocab, list(range(GRID))))  # a prompt that reads an image
+    hook = eager_to_draw(model, vocab, boi=3.5, eos=2.0)
+    try:
+        budget = 3 * (GRID + 2) + 10
+        outs = [
+            generate_interleaved(
+                model,
+                vocab,
+                prompts * 2,
+                GRID,
+                mode,
+                max_new_tokens=budget,
+                text_temperature=1.0,
+                mask_steps=3,
+                generator=torch.Generator().manual_seed(seed),
+            )  # fmt: skip
+            for seed in (0, 0, 1)
+        ]
+        assert outs[0] == outs[1] and outs[0] != outs[2]  # the seed decides, and only it
+        kinds = []
+        for row in outs[0] + outs[2]:
+            assert len(row) <= budget
+            parts = grammar.parts(row)  # raises on a block that is not closed
+            for kind, ids in parts:
+                if kind == "image":
+                    assert len(ids) == GRID and all(0 <= c < vocab.codebook_size for c in ids)
+                else:
+                    assert vocab.is_text(torch.tensor(ids)).all()
+            kinds.append([kind for kind, _ in parts])
+        assert any(k.count("image") >= 2 for k in kinds) and any("image" not in k for k in kinds)
+        assert any(k[:1] == ["text"] and "image" in k and k[-1] == "text" for k in kinds)
+        # Greedy text and images: a row gives the same parts alone as in a batch of others.
+        greedy = dict(text_temperature=0.0, temperature=0.0, mask_steps=3, max_new_tokens=budget)
+        together = generate_interleaved(model, vocab, prompts, GRID, mode, **greedy)
+        alone = [generate_interleaved(model, vocab, [p], GRID, mode, **greedy)[0] for p in prompts]
+        assert together == alone and any(vocab.special("boi") in row for row in together)
+    finally:
+        hook.remove()
+
+
+def test_image_blocks_split_from_text_and_unclosed_ones_are_refused(setup):
+    _, vocab, _ = setup
+    grammar = Grammar(vocab)
+    boi, eoi = vocab.special("boi"), vocab.special("eoi")
+    ids = [5, 6, boi, *vocab.image_ids(torch.tensor([1, 2])).tolist(), eoi, 7]
+    assert grammar.parts(ids) == [("text", [5, 6]), ("image", [1, 2]), ("text", [7])]
+    with pytest.raises(ValueError, match="not closed"):
+        grammar.parts([5, boi, vocab.image_ids(3)])

@@ -28,8 +28,8 @@ def test_the_prompt_a_sampler_gets_is_how_the_training_document_begins(grammar, 
     doc = grammar.document(task, **slots(task))
     prompt = grammar.prompt(task, **slots(task))
     assert doc.tokens[: len(prompt.ids)] == prompt.ids
-    if prompt.image is not None:
-        assert prompt.image == doc.image  # a read image sits where training put it
+    if prompt.images:
+        assert prompt.images == [doc.image]  # a read image sits where training put it
     # The loss starts exactly where the prompt ends: the last prompt token predicts the first answer token.
     first_target = next(i for i, t in enumerate(doc.targets) if t != IGNORE)
     assert first_target == len(prompt.ids) - 1 and doc.targets[first_target] == doc.tokens[len(prompt.ids)]

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import eager_to_draw
 from PIL import Image
 
 import omni
@@ -166,3 +167,22 @@ def test_each_direction_prompts_with_the_grammars_template(pipes, monkeypatch):
     assert seen[-1] == grammar.prompt("caption", image=codes)
     pipe.answer(image, "what color?", max_new_tokens=2)
     assert seen[-1] == grammar.prompt("vqa", image=codes, question=encode("what color?"))
+
+
+@pytest.mark.parametrize("mode", ["mask", "ar", "encoder"])
+def test_generate_continues_text_and_images_in_the_models_order(pipes, mode):
+    pipe = pipes[mode]
+    hook = eager_to_draw(pipe.model, pipe.vocab, boi=3.5, eos=1.0)
+    try:
+        prompt = ["draw", Image.new("RGB", (32, 32), (255, 0, 0)), "and then"]
+        runs = [
+            pipe.generate([prompt, "a red circle"], text_temperature=1.0, steps=2, seed=s) for s in (0, 0, 1)
+        ]
+    finally:
+        hook.remove()
+    assert runs[0] == runs[1] and runs[0] != runs[2]  # PIL images compare by pixels
+    parts = [p for row in runs[0] + runs[2] for p in row]
+    assert all(isinstance(p, str) or (isinstance(p, Image.Image) and p.size == (32, 32)) for p in parts)
+    assert any(isinstance(p, Image.Image) for p in parts) and any(isinstance(p, str) for p in parts)
+    with pytest.raises(ValueError, match="fills the model's"):
+        pipe.generate("word " * 400)

@@ -238,7 +238,7 @@ def test_grammar_gives_pixels_only_to_images_that_are_read(model_assets):
     _, assets = encoder_model(model_assets)
     grammar = Grammar(assets.vocab)
     px = pixels(1)[0]
-    assert grammar.prompt("caption", image=list(range(64)), pixels=px).pixels is px
+    assert grammar.prompt("caption", image=list(range(64)), pixels=px).pixels[0] is px
     with pytest.raises(ValueError, match="reads no image"):
         grammar.document("t2i", caption=[1, 2], image=list(range(64)), pixels=px)
     np.testing.assert_equal(

@@ -6,9 +6,11 @@ and inpainting.
     python sample.py vqa --model runs/shapes/model img.png --question "what color is the circle?"
     python sample.py text --model runs/shapes/model "a green"
     python sample.py inpaint --model runs/shapes/model img.png --box 0 0 16 32 --prompt "a cyan square on the left"
+    python sample.py interleave --model runs/shapes/model "draw a red circle" --samples 4
 
 Each command writes into --out (default samples/<command>/): the images as numbered PNGs, a
-grid.png of them, and results.json with the prompts, the settings and the outputs. The folder is
+grid.png of them, and results.json with the prompts, the settings and the outputs (interleave:
+also page.md, each sample's text and images in order). The folder is
 written whole: it replaces an earlier sample.py output, and any other non-empty folder is
 refused. Everything is
 seeded: the same command gives the same files. Sampling settings left unset come from the model
@@ -131,6 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variants", type=_positive(int), default=4, help="fills to draw, one seed each (default 4)"
     )
+    p = sub.add_parser(
+        "interleave",
+        parents=[common, images],
+        help="text and images in -> text and images out, in the order the model chooses",
+    )
+    p.add_argument("parts", nargs="+", help="the prompt's parts in order: text, or @FILE for an image")
+    p.add_argument(
+        "--samples", type=_positive(int), default=1, help="continuations, one seed each (default 1)"
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=_positive(int),
+        help="longest continuation in tokens, images included (default: all the room left)",
+    )
+    p.add_argument("--text-temperature", type=_non_negative_float, help="0 is greedy (default: the folder's)")
     return parser
 
 
@@ -168,6 +185,7 @@ def run(args) -> dict:
     check_replaceable(out, "samples", what="--out")  # before the model loads: refuse early
     inputs = [
         *getattr(args, "images", []),
+        *(part[1:] for part in getattr(args, "parts", []) if part.startswith("@")),
         *(p for p in (getattr(args, "image", None), getattr(args, "mask", None)) if p),
     ]
     inside = [p for p in inputs if out.resolve() in Path(p).resolve().parents]
@@ -253,6 +271,8 @@ def _run(args, pipe, out: Path, tmp: Path) -> dict:
             image.save(tmp / name)
             record["items"].append({"prompt": args.prompt, "seed": args.seed + v, "image": name})
             grid_images.append(image)
+    elif args.command == "interleave":
+        grid_images = _interleave(args, pipe, tmp, record)
 
     record["seconds"] = round(time.perf_counter() - start, 3)
     if grid_images:
@@ -260,6 +280,38 @@ def _run(args, pipe, out: Path, tmp: Path) -> dict:
         record["grid"] = "grid.png"
     (tmp / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _interleave(args, pipe, tmp: Path, record: dict) -> list:
+    """`interleave`: each sample's parts as items, its images as PNGs, page.md showing them in order."""
+    images = [part[1:] for part in args.parts if part.startswith("@")]
+    _check_files(images)
+    prompt = [pipe.preview(part[1:]) if part.startswith("@") else part for part in args.parts]
+    page = ["# " + " ".join(p if isinstance(p, str) else "[image]" for p in prompt), ""]
+    shown = [p for p in prompt if not isinstance(p, str)]
+    for n in range(args.samples):
+        (parts,) = pipe.generate(
+            [prompt], max_new_tokens=args.max_new_tokens, text_temperature=args.text_temperature,
+            steps=args.steps, guidance=args.guidance, temperature=args.temperature, seed=args.seed + n,
+        )  # fmt: skip
+        page += [f"## Sample {n} (seed {args.seed + n})", ""]
+        written = []
+        for k, part in enumerate(parts):
+            if isinstance(part, str):
+                written.append({"text": part})
+                page += [part, ""]
+            else:
+                name = f"{n:04d}-{k:02d}.png"
+                part.save(tmp / name)
+                written.append({"image": name})
+                page += [f"![part {k}]({name})", ""]
+                shown.append(part)
+        if not parts:
+            page += ["(nothing: the model ended at once)", ""]
+        record["items"].append({"seed": args.seed + n, "parts": written})
+    (tmp / "page.md").write_text("\n".join(page))
+    record["page"] = "page.md"
+    return shown
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, eager_to_draw
 from PIL import Image
 
 from omni.commands import main as omni
@@ -159,3 +159,34 @@ def test_clear_errors(tiny_releases, tmp_path, capsys):
         == 2
     )
     assert "outside" in capsys.readouterr().err
+
+
+def test_interleave_writes_each_samples_parts_in_order(tiny_releases, tmp_path, monkeypatch):
+    import omni as omni_package
+
+    load = omni_package.load_pretrained
+
+    def eager(*args, **kwargs):  # the tiny model, made to open images often
+        pipe = load(*args, **kwargs)
+        eager_to_draw(pipe.model, pipe.vocab, boi=3.5, eos=1.0)
+        return pipe
+
+    monkeypatch.setattr(omni_package, "load_pretrained", eager)
+    image = tmp_path / "in.png"
+    Image.new("RGB", (48, 32), (0, 0, 255)).save(image)
+    out = tmp_path / "i"
+    args = ["--model", tiny_releases["ar"], "--out", out, "--samples", 3, "--text-temperature", 1]
+    assert run("interleave", *args, "draw", f"@{image}", "again") == 0
+    items = results(out)["items"]
+    assert [i["seed"] for i in items] == [0, 1, 2]
+    page = (out / "page.md").read_text()
+    assert page.startswith("# draw [image] again")
+    expected = [
+        p.get("text") or f"![part {k}]({p['image']})" for i in items for k, p in enumerate(i["parts"])
+    ]
+    at = 0
+    for shown in expected:  # every part, in order
+        at = page.index(shown, at) + len(shown)
+    names = [p["image"] for i in items for p in i["parts"] if "image" in p]
+    assert names and all(pixels(out / n).shape == (32, 32, 3) for n in names)
+    assert run("interleave", "--model", tiny_releases["ar"], "--out", tmp_path / "j", "@missing.png") == 2
