@@ -38,12 +38,13 @@ class Assets:
     vocab: Vocab
 
     @classmethod
-    def load(cls, tokenizer: str | Path, vq: str | Path) -> Assets:
-        """Read a tokenizer.json and a VQ folder (its config; the weights are read when needed)."""
+    def load(cls, tokenizer: str | Path, vq: str | Path, conversations: bool = False) -> Assets:
+        """Read a tokenizer.json and a VQ folder (its config; the weights are read when needed);
+        `conversations` adds the conversation tokens to the vocabulary (`omni.vocab`)."""
         tokenizer, vq = Path(tokenizer), Path(vq)
         text = TextTokenizer.from_file(tokenizer)
         vq_config = read_vq_config(vq)
-        return cls(tokenizer, vq, text, vq_config, Vocab.build(text, vq_config.codebook_size))
+        return cls(tokenizer, vq, text, vq_config, Vocab.build(text, vq_config.codebook_size, conversations))
 
     @property
     def image_tokens(self) -> int:

@@ -270,6 +270,16 @@ SHARED_FIELDS = ("dim", "n_layers", "n_heads", "kv_heads", "ffn_dim", "qk_norm",
 ADDABLE_PARTS = ("understanding.", "image_position.", "code_projection.", "code_readout.", "code_features")
 
 
+VOCAB_ROWS = ("embedding.weight", "output.weight")  # one row per id of the vocabulary
+
+
+def _rows_by_token(weight: torch.Tensor, rows: list[int | None]) -> torch.Tensor:
+    """`weight`'s rows rearranged to another vocabulary (`Vocab.rows_from`); a token the folder's
+    vocabulary lacks starts as the mean of its rows (an average token, not noise)."""
+    mean = weight.float().mean(0).to(weight.dtype)
+    return torch.stack([weight[i] if i is not None else mean for i in rows])
+
+
 def load_initial_weights(model: Transformer, vocab: Vocab, folder: str | Path) -> list[str]:
     """Start `model` (a new training run's, over `vocab`) from a model folder's weights: an Omni
     release or an `omni convert` output. Returns the names of the weights the folder lacks, which
@@ -279,12 +289,14 @@ def load_initial_weights(model: Transformer, vocab: Vocab, folder: str | Path) -
     meta = read_config(folder)
     check_release_parts(folder, meta)
     theirs: ModelConfig = meta["model"]
-    if meta["vocab"] != vocab:
+    try:
+        rows = None if meta["vocab"] == vocab else vocab.rows_from(meta["vocab"])
+    except VocabError:
         raise ModelFolderError(
             f"{folder} was trained over another vocabulary ({meta['vocab'].size} ids) than data.tokenizer and "
             f"data.vq give ({vocab.size}); train from it with its own: --data.tokenizer {folder}/tokenizer.json "
             f"--data.vq {folder}/vq (and code shards encoded with that VQ)"
-        )
+        ) from None
     differ = [f for f in SHARED_FIELDS if getattr(theirs, f) != getattr(model.config, f)]
     if differ:
         fix = " ".join(f"--model.transformer.{f.replace('kv_heads', 'n_kv_heads').replace('ffn_dim', 'hidden_dim')} "
@@ -297,6 +309,8 @@ def load_initial_weights(model: Transformer, vocab: Vocab, folder: str | Path) -
             + f"; to start from it: {fix}"
         )
     state = load_state(folder)
+    if rows is not None:  # the run's vocabulary adds tokens (conversations): the rows by token
+        state = {k: _rows_by_token(v, rows) if k in VOCAB_ROWS else v for k, v in state.items()}
     ours = model.state_dict()
     fresh = sorted(k for k in ours if k not in state)
     kept_out = [k for k in fresh if not k.startswith(ADDABLE_PARTS)]

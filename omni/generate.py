@@ -6,7 +6,7 @@
     codes = generate_images_ar(model, vocab, captions, grid=64, compile=True)  # same codes, faster steps
 
 Prompts come from the token grammar (`omni.grammar.Grammar.prompt`): token ids, optionally with
-image blocks, `Prompt(ids, images=[(start, end)])`.
+image blocks, `Prompt(ids, images=[(start, end, bidirectional)])`.
 A batch of prompts of different lengths is left-padded; padding positions are their own
 documents (omni.attention), so they never influence real tokens, and rotary positions start at
 0 at each prompt's first real token. Decoding is constrained: text decoding may emit only text
@@ -99,8 +99,8 @@ def layout(
         pad = width - len(p.ids)
         pads.append(pad)
         tokens[row, pad:] = torch.tensor(p.ids, dtype=torch.long)
-        images = [(pad + start, pad + end, True) for start, end in p.images]
-        reads = [(pad + start, pad + end) for start, end in p.images[: len(p.pixels)]]
+        images = [(pad + start, pad + end, both) for start, end, both in p.images]
+        reads = [(pad + start, pad + end) for start, end, _ in p.images[: len(p.pixels)]]
         pixels += p.pixels
         if new_image is not None:
             images.append((width + new_image[0], width + new_image[1], bidirectional))
@@ -622,5 +622,5 @@ def generate_interleaved(
         for i, row_codes in zip(wants_image, vocab.image_ids(codes).tolist()):
             start = len(contexts[i].ids)
             contexts[i].ids += row_codes + [eoi]
-            contexts[i].images.append((start, start + grid))
+            contexts[i].images.append((start, start + grid, image_generation == "mask"))  # as generated
             out[i] += row_codes + [eoi]

@@ -5,8 +5,15 @@
     vqa      <vqa> <boi> image <eoi> <bos> question <sep> | answer <eos>
     lm       <lm> <bos> | text <eos>
 
+    chat     <chat> <bos> user <sep> | assistant <eos> | <bos> user <sep> | assistant <eos> ...
+
 Left of `|` is the prompt a sampler is given; right of it, what the model learns to produce (the
-loss), and after a second `|`, tokens that close the document without a loss. A training
+loss), and after a second `|`, tokens that close the document without a loss. A conversation
+(`chat`, `Grammar.chat_document` / `chat_prompt`) has turns of any number of parts, text and
+images `<boi> codes <eoi>` in any order: the loss is on the assistant's turns (its text, its
+<boi>, its images' codes, its <eos>; not <eoi>, which the sampler writes itself). A user's images
+are read (bidirectional); the assistant's are generated like a t2i image (causal in ar mode; in
+mask mode bidirectional, with a cosine-drawn fraction masked). A training
 document (`Grammar.document`) and an inference prompt (`Grammar.prompt`) are both rendered from
 these templates, so they cannot drift apart; `Grammar.overhead` is what a template adds around
 its text and image. Adding a task means adding one template here.
@@ -41,23 +48,38 @@ TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] =
     "vqa": (("vqa", "boi", "$image", "eoi", "bos", "$question", "sep"), ("$answer", "eos"), ()),
     "lm": (("lm", "bos"), ("$text", "eos"), ()),
 }
-TASKS = tuple(TEMPLATES)
+TASKS = (*TEMPLATES, "chat")
+# A conversation's turns: who speaks, and the tokens around a turn (omni.vocab short names).
+CHAT_ROLES = ("user", "assistant")
+CHAT_TURN = {"user": ("bos", "sep"), "assistant": (None, "eos")}  # (opening, closing)
 
 
 @dataclass
 class Document:
-    """One training document: tokens with aligned targets (IGNORE: no loss), and its image block."""
+    """One training document: tokens with aligned targets (IGNORE: no loss), and its image blocks
+    as (start, end, bidirectional): read images and mask-mode generated ones are bidirectional,
+    ar-mode generated ones causal (raster order)."""
 
     task: str
     tokens: list[int]
     targets: list[int]
-    image: tuple[int, int] | None = None  # [start, end) of the image codes within the document
+    images: list[tuple[int, int, bool]] = field(default_factory=list)
     key: str = ""
-    causal_image: bool = False  # the image block is generated raster-order (ar-mode t2i)
-    pixels: torch.Tensor | None = None  # (3, R, R) of an image that is read, for an understanding encoder
+    pixels: list[torch.Tensor] = field(default_factory=list)
+    """(3, R, R) of the first len(pixels) blocks, images an understanding encoder reads."""
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @property
+    def image(self) -> tuple[int, int] | None:
+        """[start, end) of the first image block (the only one of the single-image templates)."""
+        return self.images[0][:2] if self.images else None
+
+    @property
+    def causal_image(self) -> bool:
+        """Whether the first image block is generated in raster order (ar-mode t2i)."""
+        return bool(self.images) and not self.images[0][2]
 
     def masked(self, positions: Sequence[int], mask_id: int) -> Document:
         """Mask-mode t2i: the image tokens at `positions` become <mask>, each the target of its
@@ -65,16 +87,18 @@ class Document:
         tokens, targets = list(self.tokens), [IGNORE] * len(self.tokens)
         for p in positions:
             targets[p], tokens[p] = tokens[p], mask_id
-        return Document(self.task, tokens, targets, self.image, self.key, False, self.pixels)
+        images = [(s, e, True) for s, e, _ in self.images]
+        return Document(self.task, tokens, targets, images, self.key, self.pixels)
 
 
 @dataclass
 class Prompt:
-    """Token ids of one prompt and the [start, end) of each image block in it (all read:
-    bidirectional inside, like a read image in training)."""
+    """Token ids of one prompt and its image blocks (start, end, bidirectional): read images are
+    bidirectional inside, like a read image in training; an ar model's own earlier images in a
+    conversation are causal, as it generated them."""
 
     ids: list[int]
-    images: list[tuple[int, int]] = field(default_factory=list)
+    images: list[tuple[int, int, bool]] = field(default_factory=list)
     pixels: list[torch.Tensor] = field(default_factory=list)
     """(3, R, R) of the first len(pixels) images, for a model that reads them with an understanding
     encoder; the others are read as their codes."""
@@ -110,7 +134,9 @@ class Grammar:
         a model that reads images with an understanding encoder."""
         ids, image = self._render(template(task)[0], slots, 0)
         pixels = self._read(task, pixels)
-        return Prompt(ids + list(answer_start), [image] if image else [], [] if pixels is None else [pixels])
+        return Prompt(
+            ids + list(answer_start), [(*image, True)] if image else [], [] if pixels is None else [pixels]
+        )
 
     def document(self, task: str, key: str = "", causal_image: bool = True, pixels=None, **slots) -> Document:
         """The training document of `task`: the prompt, then the answer with next-token targets
@@ -127,16 +153,76 @@ class Grammar:
         targets = [IGNORE] * len(tokens)
         for i in range(len(prompt), len(prompt) + len(answer)):
             targets[i - 1] = tokens[i]
-        generated = answer_image is not None
-        return Document(
-            task,
-            tokens,
-            targets,
-            image or answer_image,
-            key,
-            causal_image and generated,
-            self._read(task, pixels),
-        )
+        if image:
+            images = [(*image, True)]  # read
+        else:
+            images = [(*answer_image, not causal_image)] if answer_image else []
+        pixels = self._read(task, pixels)
+        return Document(task, tokens, targets, images, key, [] if pixels is None else [pixels])
+
+    def _chat(self, turns: Sequence, image_generation: str):
+        """Tokens of a conversation, which of them the model learns to produce, and its image
+        blocks as (start, end, bidirectional, generated). `turns`: (role, parts), a part being
+        ("text", token ids) or ("image", VQ codes)."""
+        special = self.vocab.special
+        tokens, learn, images = [special("chat")], [False], []
+        for n, (role, parts) in enumerate(turns):
+            if role not in CHAT_ROLES:
+                raise ValueError(f"turn {n}: role {role!r} is not one of {CHAT_ROLES}")
+            assistant = role == "assistant"
+            opening, closing = CHAT_TURN[role]
+            if opening:
+                tokens.append(special(opening))
+                learn.append(False)
+            for kind, content in parts:
+                if kind == "text":
+                    tokens += list(content)
+                    learn += [assistant] * len(content)
+                elif kind == "image":
+                    tokens.append(special("boi"))
+                    learn.append(assistant)
+                    start = len(tokens)
+                    tokens += [self.vocab.image_offset + int(c) for c in content]
+                    learn += [assistant] * len(content)
+                    images.append(
+                        (start, len(tokens), not assistant or image_generation == "mask", assistant)
+                    )
+                    tokens.append(special("eoi"))
+                    learn.append(False)  # the sampler closes an image itself
+                else:
+                    raise ValueError(f"turn {n}: part kind {kind!r} is not 'text' or 'image'")
+            tokens.append(special(closing))
+            learn.append(assistant)
+        return tokens, learn, images
+
+    def chat_document(
+        self, turns: Sequence, key: str = "", image_generation: str = "ar", rng=None, mask_count=None
+    ) -> Document:
+        """The training document of a conversation (see the module doc). In mask mode each of the
+        assistant's images has `mask_count(n)` of its n codes masked (drawn with `rng`), each the
+        target of its own position, as in t2i."""
+        tokens, learn, blocks = self._chat(turns, image_generation)
+        targets = [IGNORE] * len(tokens)
+        for i in range(1, len(tokens)):
+            if learn[i]:
+                targets[i - 1] = tokens[i]
+        if image_generation == "mask":
+            mask_id = self.vocab.special("mask")
+            for start, end, _, generated in blocks:
+                if not generated:
+                    continue
+                targets[start - 1 : end] = [IGNORE] * (end - start + 1)  # no next-token loss inside
+                for p in rng.sample(range(start, end), mask_count(end - start)):
+                    targets[p], tokens[p] = tokens[p], mask_id
+        return Document("chat", tokens, targets, [b[:3] for b in blocks], key)
+
+    def chat_prompt(self, turns: Sequence, image_generation: str = "ar") -> Prompt:
+        """The prompt that asks for the assistant's next turn: the conversation so far, ending with
+        the user's turn (the sampler continues with the assistant's parts, until <eos>)."""
+        if not turns or turns[-1][0] != "user":
+            raise ValueError("a chat prompt ends with the user's turn")
+        tokens, _, blocks = self._chat(turns, image_generation)
+        return Prompt(tokens, [b[:3] for b in blocks])
 
     @staticmethod
     def _read(task: str, pixels):
@@ -187,7 +273,8 @@ def template(task: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ..
     try:
         return TEMPLATES[task]
     except KeyError:
-        raise ValueError(f"unknown task {task!r}; tasks: {TASKS}") from None
+        hint = "; a conversation is rendered by Grammar.chat_document / chat_prompt" if task == "chat" else ""
+        raise ValueError(f"unknown task {task!r}; tasks: {TASKS}{hint}") from None
 
 
 # ----------------------------------------------------------------------------------------------

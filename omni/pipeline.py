@@ -6,6 +6,7 @@
     answers = pipe.answer(images, ["what color is the circle?"])
     texts = pipe.generate_text(["a blue"])
     parts = pipe.generate(["draw a red circle"])[0]      # strings and PIL images, in the model's order
+    reply = pipe.chat([[("user", "draw a red circle on the left")]])[0]   # after fine-tuning on dialogues
     filled = pipe.inpaint(images[0], (0, 0, 16, 16), "a green square")
 
 Images may be PIL images, paths, or tensors (3, H, W) in [-1, 1]; any mode or size is converted
@@ -266,19 +267,68 @@ class OmniPipeline:
         order: strings and PIL images. `max_new_tokens` counts image tokens too (default: all the
         room the sequence has left)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        rendered = [self._document_prompt([p] if isinstance(p, str) else list(p)) for p in prompts]
-        room = self.model.config.max_seq_len - max(len(p.ids) for p in rendered)
-        if room < 1:
-            raise ValueError(
-                f"the prompt fills the model's {self.model.config.max_seq_len} positions; shorten it"
-            )
+        rendered = [self._document_prompt(self._parts(p)) for p in prompts]
+        options = dict(
+            text_temperature=text_temperature, steps=steps, guidance=guidance, temperature=temperature
+        )
+        return self._interleave(rendered, max_new_tokens, seed, **options)
+
+    @torch.no_grad()
+    def chat(
+        self,
+        conversations: Sequence[Sequence[tuple[str, object]]],
+        *,
+        max_new_tokens: int | None = None,
+        text_temperature: float | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        temperature: float | None = None,
+        seed: int = 0,
+    ) -> list[list[str | Image.Image]]:
+        """The assistant's next turn of each conversation. A conversation is a list of turns
+        `(role, content)`, role "user" or "assistant", content a string or a list of strings and
+        images, ending with the user's turn (template: `omni.grammar`, `chat`). Returns, per
+        conversation, the assistant's parts in order: strings and PIL images (it draws when it
+        chooses to). Needs a model fine-tuned on conversations (configs/shapes/sft.yaml)."""
+        mode = self.model.config.image_generation
+        rendered = []
+        for conversation in conversations:
+            turns = []
+            for role, content in conversation:
+                parts = []
+                for part in self._parts(content):
+                    if isinstance(part, str):
+                        parts.append(("text", self.tokenizer.encode(part)))
+                    else:
+                        parts.append(("image", self._read([part])[0][0].tolist()))
+                turns.append((role, parts))
+            rendered.append(self.grammar.chat_prompt(turns, mode))
+        options = dict(
+            text_temperature=text_temperature, steps=steps, guidance=guidance, temperature=temperature
+        )
+        return self._interleave(rendered, max_new_tokens, seed, **options)
+
+    @staticmethod
+    def _parts(content) -> list:
+        """A prompt or turn as its parts: a string is one text part."""
+        return [content] if isinstance(content, str) else list(content)
+
+    def _interleave(
+        self, prompts: list[Prompt], max_new_tokens, seed, text_temperature, steps, guidance, temperature
+    ) -> list[list[str | Image.Image]]:
+        """`generate_interleaved` over rendered prompts, its ids decoded into strings and images."""
+        longest = self.model.config.max_seq_len
+        if max(len(p.ids) for p in prompts) >= longest:
+            raise ValueError(f"a prompt fills the model's {longest} positions; shorten it")
         ids = generate_interleaved(
             self.model,
             self.vocab,
-            rendered,
+            prompts,
             self.grid,
             self.model.config.image_generation,
-            max_new_tokens=room if max_new_tokens is None else min(max_new_tokens, room),
+            # Each row stops where the sequence ends (generate_interleaved): the batch's longest
+            # prompt must not shorten the others' turns.
+            max_new_tokens=longest if max_new_tokens is None else max_new_tokens,
             text_temperature=self._option("text_temperature", text_temperature),
             top_k=self._option("top_k", None),
             mask_steps=self._option("mask_steps", steps),
@@ -308,7 +358,7 @@ class OmniPipeline:
                 continue
             codes, read = self._read([part])
             ids.append(self.vocab.special("boi"))
-            images.append((len(ids), len(ids) + codes.shape[1]))
+            images.append((len(ids), len(ids) + codes.shape[1], True))
             ids += self.vocab.image_ids(codes[0]).tolist() + [self.vocab.special("eoi")]
             pixels += [px for px in read if px is not None]
         return Prompt(ids, images, pixels)

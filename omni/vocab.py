@@ -32,6 +32,9 @@ SPECIALS: dict[str, str] = {
     "lm": "<|lm|>",  # task: text only
     "sep": "<|sep|>",  # between a question and its answer
 }
+# Added to a vocabulary only when its run trains conversations (`Vocab.build(conversations=True)`):
+# vocabularies laid out before them, and runs without them, keep their ids.
+CONVERSATION_SPECIALS: dict[str, str] = {"chat": "<|chat|>"}  # task: a conversation (omni.grammar)
 
 
 class VocabError(ValueError):
@@ -62,12 +65,14 @@ class Vocab:
             raise VocabError(f"special ids must be distinct and below image_offset: {self.special_ids}")
 
     @classmethod
-    def build(cls, text_tokenizer, codebook_size: int) -> Vocab:
-        """Lay out the vocabulary of a `TextTokenizer` (or any HF-wrapping object) and a VQ codebook."""
+    def build(cls, text_tokenizer, codebook_size: int, conversations: bool = False) -> Vocab:
+        """Lay out the vocabulary of a `TextTokenizer` (or any HF-wrapping object) and a VQ codebook;
+        with `conversations`, also the conversation tokens (`CONVERSATION_SPECIALS`)."""
         text_size = text_tokenizer.vocab_size
         present = text_tokenizer.special_ids()  # token string -> id
         special_ids, nxt = {}, text_size
-        for name, token in SPECIALS.items():
+        wanted = SPECIALS | (CONVERSATION_SPECIALS if conversations else {})
+        for name, token in wanted.items():
             if token in present:
                 special_ids[name] = present[token]
             else:
@@ -79,11 +84,36 @@ class Vocab:
         """Number of ids the model's embedding and output layer need."""
         return self.image_offset + self.codebook_size
 
+    @property
+    def conversations(self) -> bool:
+        """Whether this vocabulary has the conversation tokens (`CONVERSATION_SPECIALS`)."""
+        return set(CONVERSATION_SPECIALS) <= set(self.special_ids)
+
     def special(self, name: str) -> int:
         try:
             return self.special_ids[name]
         except KeyError:
+            if name in CONVERSATION_SPECIALS:
+                raise VocabError(
+                    f"this vocabulary has no {CONVERSATION_SPECIALS[name]}: the model was not trained on "
+                    f"conversations; fine-tune it on dialogue shards (configs/shapes/sft.yaml) first"
+                ) from None
             raise KeyError(f"no special token {name!r}; known: {sorted(self.special_ids)}") from None
+
+    def rows_from(self, other: Vocab) -> list[int | None]:
+        """For each id of this vocabulary, the id of the same token in `other` (None where `other`
+        lacks it): text ids and image codes by position, special tokens by name. ValueError when the
+        two do not share their text tokenizer and codebook sizes."""
+        if (other.text_size, other.codebook_size) != (self.text_size, self.codebook_size):
+            raise VocabError(
+                f"vocabularies of {other.text_size} text ids and {other.codebook_size} codes and of "
+                f"{self.text_size} and {self.codebook_size} do not share their tokens"
+            )
+        rows: list[int | None] = list(range(self.text_size)) + [None] * (self.image_offset - self.text_size)
+        rows += list(range(other.image_offset, other.size))
+        for name, i in self.special_ids.items():
+            rows[i] = other.special_ids.get(name)
+        return rows
 
     def image_ids(self, codes):
         """VQ codes (ints, array or tensor) -> unified ids."""

@@ -89,6 +89,30 @@ def model_assets(shapes_dir, tmp_path_factory):
     return SimpleNamespace(root=out, tokenizer=out / "tokenizer.json", vq=out / "vq", codes=codes)
 
 
+@pytest.fixture(scope="session")
+def dialogue_assets(model_assets, tmp_path_factory):
+    """Shapes dialogues (`omni shapes dialogues`: 24 train, 6 val) as image shards (`images`) and as
+    code shards encoded with `model_assets`' VQ (`codes`), recorded like any code folder."""
+    from types import SimpleNamespace
+
+    from omni.data.codes import record_encoded_shard
+    from omni.shapes.dialogues import build
+    from omni.tokenizers.encode import encode_shard
+    from omni.tokenizers.export import load_vq, vq_fingerprint
+
+    out = tmp_path_factory.mktemp("dialogues")
+    build(out / "images", train=24, val=6, per_shard=12)
+    vq, codes = load_vq(model_assets.vq), out / "codes"
+    codes.mkdir()
+    for shard in sorted((out / "images").glob("*.tar")):
+        counts = encode_shard(vq, str(shard), codes / shard.name)
+        record_encoded_shard(
+            codes, shard.name, vq=model_assets.vq, fingerprint=vq_fingerprint(model_assets.vq),
+            grid=vq.config.grid, codebook_size=vq.config.codebook_size, source=str(shard), counts=counts,
+        )  # fmt: skip
+    return SimpleNamespace(images=out / "images", codes=codes)
+
+
 # A small understanding encoder for tests (`understanding: encoder`).
 TINY_ENCODER = dict(dim=32, depth=1, heads=2)
 
@@ -270,3 +294,38 @@ def eager_to_draw(model, vocab, boi: float, eos: float):
     bias = torch.zeros(vocab.size, device=model.output.weight.device)
     bias[vocab.special("boi")], bias[vocab.special("eos")] = boi, eos
     return model.register_forward_hook(lambda module, args, out: out + bias)
+
+
+# Hugging Face models the converters are held to (omni.convert; transformers is a dev extra).
+
+
+def hf_tokenizer_file(shapes_dir, folder):
+    """A plain byte-level BPE as an HF model ships it (its own <s>, </s>; none of Omni's tokens)."""
+    import webdataset as wds
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    shard = str(shapes_dir / "train-000000.tar")
+    texts = [s["txt"].decode() for s in wds.WebDataset(shard, shardshuffle=False)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=290, special_tokens=["<s>", "</s>"]))
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder / "tokenizer.json"
+
+
+def tiny_llama(folder, tokenizer, *, tied: bool, vocab_rows: int, **overrides):
+    """A random LlamaForCausalLM (GQA, rope_theta 5e5) saved as an HF folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_rows, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=tied, **overrides,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    (folder / "tokenizer.json").write_bytes(tokenizer.read_bytes())
+    return model

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from omni.generate import layout
-from omni.grammar import IGNORE, TASKS, TEMPLATES, Grammar, Placed, lay_out
-from omni.vocab import SPECIALS, Vocab
+from omni.grammar import IGNORE, TEMPLATES, Grammar, Placed, lay_out
+from omni.vocab import CONVERSATION_SPECIALS, SPECIALS, Vocab
 
 CODES = list(range(16))
 TEXT = {"caption": [40, 41, 42], "question": [50, 51], "answer": [60], "text": [70, 71, 72, 73]}
@@ -23,13 +23,13 @@ def slots(task: str) -> dict:
     return {n: CODES if n == "image" else TEXT[n] for n in names}
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", list(TEMPLATES))
 def test_the_prompt_a_sampler_gets_is_how_the_training_document_begins(grammar, task):
     doc = grammar.document(task, **slots(task))
     prompt = grammar.prompt(task, **slots(task))
     assert doc.tokens[: len(prompt.ids)] == prompt.ids
     if prompt.images:
-        assert prompt.images == [doc.image]  # a read image sits where training put it
+        assert prompt.images == doc.images  # a read image sits where training put it
     # The loss starts exactly where the prompt ends: the last prompt token predicts the first answer token.
     first_target = next(i for i, t in enumerate(doc.targets) if t != IGNORE)
     assert first_target == len(prompt.ids) - 1 and doc.targets[first_target] == doc.tokens[len(prompt.ids)]
@@ -88,3 +88,66 @@ def test_packing_and_sampling_lay_out_a_document_alike(grammar):
     assert pad > 0 and sampled.positions[1, pad] == 0
     mask = sampled.vis.dense_mask()[1, 0]
     assert not mask[pad:, :pad].any() and mask[:pad, :pad].equal(torch.eye(pad, dtype=torch.bool))
+
+
+@pytest.fixture(scope="module")
+def chat_grammar() -> Grammar:
+    names = [*SPECIALS, *CONVERSATION_SPECIALS]
+    return Grammar(Vocab(100, 64, 100 + len(names), {n: 100 + i for i, n in enumerate(names)}))
+
+
+def conversation():
+    """draw -> image; question with the user's image -> answer; edit -> image."""
+    return [
+        ("user", [("text", [40, 41])]),
+        ("assistant", [("image", CODES)]),
+        ("user", [("image", CODES[::-1]), ("text", [50])]),
+        ("assistant", [("text", [60])]),
+        ("user", [("text", [42])]),
+        ("assistant", [("text", [61]), ("image", CODES)]),
+    ]
+
+
+def test_a_conversation_learns_only_the_assistants_turns(chat_grammar):
+    g, s = chat_grammar, chat_grammar.vocab.special
+    image = [g.vocab.image_offset + c for c in CODES]
+    read = [g.vocab.image_offset + c for c in CODES[::-1]]
+    doc = g.chat_document(conversation(), image_generation="ar")
+    assert doc.task == "chat" and doc.tokens == [
+        s("chat"), s("bos"), 40, 41, s("sep"), s("boi"), *image, s("eoi"), s("eos"),
+        s("bos"), s("boi"), *read, s("eoi"), 50, s("sep"), 60, s("eos"),
+        s("bos"), 42, s("sep"), 61, s("boi"), *image, s("eoi"), s("eos"),
+    ]  # fmt: skip
+    learnt = [doc.tokens[i + 1] for i, t in enumerate(doc.targets) if t != IGNORE]
+    assert learnt == [t for i, t in enumerate(doc.targets) if t != IGNORE]  # next-token targets
+    assert learnt == [s("boi"), *image, s("eos"), 60, s("eos"), 61, s("boi"), *image, s("eos")]  # no <eoi>
+    first, second, third = doc.images
+    assert not first[2] and second[2] and not third[2]  # generated: causal (ar); the user's: read
+    assert doc.tokens[second[0] - 1] == s("boi") and second[1] - second[0] == len(CODES)
+
+
+def test_mask_mode_masks_the_assistants_images_and_prompts_lay_out_as_training(chat_grammar):
+    import random
+
+    g, s = chat_grammar, chat_grammar.vocab.special
+    doc = g.chat_document(
+        conversation(), image_generation="mask", rng=random.Random(0), mask_count=lambda n: 5
+    )
+    mask = s("mask")
+    for start, end, bidirectional in doc.images:
+        assert bidirectional
+        masked = [p for p in range(start, end) if doc.tokens[p] == mask]
+        inside = [p for p in range(start - 1, end) if doc.targets[p] != IGNORE]
+        generated = len(masked) > 0
+        assert len(masked) in (0, 5) and inside == masked  # a masked code is its own target, nothing else
+        assert all(doc.targets[p] == g.vocab.image_offset + CODES[p - start] for p in masked) or not generated
+    assert doc.targets[doc.images[0][0] - 2] == s("boi")  # deciding to draw is learnt
+    # The prompt for the last assistant turn is the document up to it, its images where training put them.
+    turns = conversation()[:-1]
+    prompt = g.chat_prompt(turns, "ar")
+    full = g.chat_document(conversation(), image_generation="ar")
+    assert full.tokens[: len(prompt.ids)] == prompt.ids and prompt.images == full.images[:2]
+    with pytest.raises(ValueError, match="ends with the user's turn"):
+        g.chat_prompt(conversation(), "ar")
+    with pytest.raises(ValueError, match="role 'system'"):
+        g.chat_document([("system", [("text", [1])])])

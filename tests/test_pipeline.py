@@ -186,3 +186,17 @@ def test_generate_continues_text_and_images_in_the_models_order(pipes, mode):
     assert any(isinstance(p, Image.Image) for p in parts) and any(isinstance(p, str) for p in parts)
     with pytest.raises(ValueError, match="fills the model's"):
         pipe.generate("word " * 400)
+
+
+def test_a_long_prompt_in_the_batch_leaves_the_others_room_to_draw(pipes):
+    pipe = pipes["ar"]
+    limit = pipe.model.config.max_seq_len
+    words = " red" * (limit - 20)
+    long = pipe.tokenizer.decode(pipe.tokenizer.encode(words)[: limit - 20])
+    hook = eager_to_draw(pipe.model, pipe.vocab, boi=50.0, eos=0.0)  # always draws when it may
+    try:
+        short_row, long_row = pipe.generate(["draw", long], steps=1)
+    finally:
+        hook.remove()
+    assert any(isinstance(p, Image.Image) for p in short_row)  # the long prompt left no room for its own
+    assert not any(isinstance(p, Image.Image) for p in long_row)

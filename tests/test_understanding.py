@@ -242,7 +242,7 @@ def test_grammar_gives_pixels_only_to_images_that_are_read(model_assets):
     with pytest.raises(ValueError, match="reads no image"):
         grammar.document("t2i", caption=[1, 2], image=list(range(64)), pixels=px)
     np.testing.assert_equal(
-        grammar.document("vqa", image=[1] * 64, question=[3], answer=[4], pixels=px).pixels.numpy(),
+        grammar.document("vqa", image=[1] * 64, question=[3], answer=[4], pixels=px).pixels[0].numpy(),
         px.numpy(),
     )
 

@@ -75,3 +75,21 @@ def test_mismatched_tokenizers_are_refused_naming_both(ours):
         vocab.check(ours, 1024, vq_name="runs/vq")
     with pytest.raises(VocabError, match=r"other.json has \d+ tokens .* laid out for 300"):
         vocab.check(foreign_tokenizer(), 64, text_name="other.json")
+
+
+def test_conversation_tokens_come_only_with_conversations_and_rows_map_by_token(ours):
+    plain = Vocab.build(ours, codebook_size=16)
+    chat = Vocab.build(ours, codebook_size=16, conversations=True)
+    assert not plain.conversations and chat.conversations and chat.size == plain.size + 1
+    assert chat.special("chat") == ours.vocab_size and chat.image_offset == plain.image_offset + 1
+    with pytest.raises(VocabError, match="not trained on conversations"):
+        plain.special("chat")
+    assert not chat.text_id_mask()[chat.special("chat")]  # never generated as text
+    rows = chat.rows_from(plain)
+    assert rows[: ours.vocab_size] == list(range(ours.vocab_size))
+    assert rows[chat.special("chat")] is None
+    assert rows[chat.image_offset :] == list(range(plain.image_offset, plain.size))
+    assert plain.rows_from(chat)[plain.image_offset] == chat.image_offset  # and back
+    assert Vocab.from_dict(json.loads(json.dumps(plain.to_dict()))) == plain  # older layouts still load
+    with pytest.raises(VocabError, match="do not share"):
+        chat.rows_from(Vocab.build(ours, codebook_size=32))

@@ -5,7 +5,7 @@
     omni tokenizer train-vq fit --config configs/shapes/vq.yaml
     omni tokenizer eval | train-text | encode ...             the tokenizer workflow
     omni data from-folder PHOTOS/ --out data/mine            your images + captions -> shards
-    omni shapes make | benchmark ...                          the shapes world
+    omni shapes make | dialogues | benchmark ...              the shapes world
     omni convert from-hf | to-hf ...                          Hugging Face Llama folders in and out
     omni convert from-llamagen-vq ...                         LlamaGen's VQ tokenizers in
     omni demo                                                 the whole shapes pipeline
@@ -35,6 +35,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "a folder (or CSV/JSONL) of images + captions -> shards",
     ),
     ("shapes", "make"): ("omni.shapes.render", "render the shapes dataset as image shards"),
+    ("shapes", "dialogues"): (
+        "omni.shapes.dialogues",
+        "write shapes conversations (draw, answer, edit) as dialogue shards",
+    ),
     ("shapes", "benchmark"): (
         "omni.shapes.benchmark",
         "score a model folder (or ground truth) with the analyzer",

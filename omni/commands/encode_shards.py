@@ -143,7 +143,7 @@ def encode_all(vq, args, urls: list[str], out: Path, fingerprint: str) -> int:
             )
             totals.update(counts)
     print(
-        f"encoded {totals['encoded']} images from {len(todo)} shards into {out}/"
+        f"encoded {totals['encoded']} samples from {len(todo)} shards into {out}/"
         + "".join(f"; {k}: {v}" for k, v in sorted(totals.items()) if k != "encoded")
     )
     return 0

@@ -8,7 +8,10 @@ those positions, target: the code itself); in `ar` mode it is causal and every i
 predicts the next token. Images that are read, not generated (caption, vqa), are bidirectional
 in both modes, as the samplers lay them out. A t2i caption is dropped with probability
 `caption_dropout`, which teaches the unconditional model that classifier-free guidance needs;
-a vqa document takes one of the sample's question-answer pairs at random.
+a vqa document takes one of the sample's question-answer pairs at random. A dialogue sample
+(`omni.data.dialogue`) becomes a chat document when `chat` has a ratio above 0 (how often chats
+come is the dialogue samples' share of the shards); the other samples draw among the other tasks.
+A conversation's images are read as codes, also by a model with an understanding encoder.
 
 For a model that reads images with an understanding encoder (`understanding: encoder`), the
 builder's `read_resolution` is the encoder's: each sample's image (the copy `KEY.png|jpg` that
@@ -34,6 +37,7 @@ from functools import partial
 import torch
 
 from omni.data.codes import npy_to_codes
+from omni.data.dialogue import is_dialogue, parse_conversation, tokenized
 from omni.data.images import load_rgb, to_tensor
 from omni.data.loader import IMAGE_EXTENSIONS, ShardDataset, ShardLoader, checked_caption
 from omni.data.shards import expand_shards
@@ -61,8 +65,16 @@ class TaskBuilder:
         self.grammar = Grammar(self.vocab)
 
     def build(self, sample: dict, task: str, rng: random.Random) -> Document | None:
-        """The document of `task` for a decoded sample; None when the sample has no data for it."""
+        """The document of `task` for a decoded sample; None when the sample has no data for it
+        (a conversation serves only `chat`, and only a conversation serves it)."""
         key, codes, encode = sample["key"], sample["codes"], self.tokenizer.encode
+        if ("turns" in sample) != (task == "chat"):
+            return None
+        if task == "chat":
+            turns = tokenized(sample["turns"], encode, codes)
+            return self.grammar.chat_document(
+                turns, key, self.image_generation, rng, lambda n: cosine_mask_count(n, rng)
+            )
         if task == "t2i":
             dropped = rng.random() < self.caption_dropout
             caption = [] if dropped else encode(sample["text"])
@@ -104,21 +116,32 @@ def decode_code_sample(
         )
         return None
     try:
-        codes = npy_to_codes(raw).reshape(-1)
+        codes = npy_to_codes(raw)
     except Exception as e:  # numpy raises several kinds for bad bytes
         skips.skip("undecodable codes", where, str(e))
         return None
-    text = checked_caption(sample, skips, where, max_caption_chars)
-    if text is None:
-        return None
-    qa = []
+    meta = None
     if "json" in sample:
         try:
             meta = json.loads(sample["json"])
-            qa = [p for p in meta.get("qa", []) if p.get("question") and p.get("answer")]
-        except (ValueError, AttributeError) as e:
+        except ValueError as e:
             skips.skip("unreadable json", where, str(e))  # counted; the sample still serves t2i/caption/lm
-    out = {"codes": codes, "text": text, "qa": qa, "key": sample.get("__key__", "")}
+    key = sample.get("__key__", "")
+    if is_dialogue(meta):  # a conversation (omni.data.dialogue): its N images' codes are (N, h, w)
+        images = codes.shape[0] if codes.ndim == 3 else 1
+        try:
+            turns = parse_conversation(meta, images)
+        except ValueError as e:
+            skips.skip("bad conversation", where, str(e))
+            return None
+        return {"codes": codes.reshape(images, -1), "turns": turns, "key": key}
+    codes = codes.reshape(-1)
+    text = checked_caption(sample, skips, where, max_caption_chars)
+    if text is None:
+        return None
+    qa = meta.get("qa", []) if isinstance(meta, dict) else []
+    qa = [p for p in qa if isinstance(p, dict) and p.get("question") and p.get("answer")]
+    out = {"codes": codes, "text": text, "qa": qa, "key": key}
     if read_resolution:
         ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
         if ext is None:
@@ -184,13 +207,9 @@ class Packer:
                 tgt = torch.tensor(doc.targets)
                 targets[r, offset : offset + n] = tgt
                 task[r, offset : offset + n][tgt != IGNORE] = TASKS.index(doc.task)
-                images, reads = [], []
-                if doc.image is not None:
-                    s, e = doc.image
-                    images.append((offset + s, offset + e, not doc.causal_image))
-                    if doc.pixels is not None:
-                        reads.append((offset + s, offset + e))
-                        pixels.append(doc.pixels)
+                images = [(offset + s, offset + e, both) for s, e, both in doc.images]
+                reads = [(offset + s, offset + e) for s, e, _ in doc.images[: len(doc.pixels)]]
+                pixels += doc.pixels
                 row.append(Placed(offset, offset + n, images, reads))
                 keys.append(doc.key)
                 offset += n
@@ -232,7 +251,9 @@ def pack_stage(
     (validation: every task measured on the same images). Batches carry the skip counts.
     """
     rng = random.Random(seed)
-    tasks = [t for t in TASKS if ratios.get(t, 0) > 0]
+    # A conversation is a chat document whatever is drawn; other samples draw among the rest.
+    chat = ratios.get("chat", 0) > 0
+    tasks = [t for t in TASKS if ratios.get(t, 0) > 0 and t != "chat"]
     weights = [ratios[t] for t in tasks]
     packer = Packer(seq_len, batch_size, builder.vocab.special("pad"), builder.read_resolution)
     codebook_size = builder.vocab.codebook_size
@@ -249,7 +270,15 @@ def pack_stage(
                 f"{codebook_size} codes: another VQ encoded these shards; point data.vq at it, or re-encode "
                 f"them with tokenizers/encode_shards.py --vq DATA_VQ --overwrite"
             )
-        chosen = tasks if every_task else rng.choices(tasks, weights)
+        if "turns" in sample:
+            chosen = ["chat"] if chat else []
+        else:
+            chosen = tasks if every_task else rng.choices(tasks, weights) if tasks else []
+        if not chosen:
+            skips.skip(
+                "no task for the sample", sample["key"], "data.ratios gives this kind of sample no task"
+            )
+            continue
         for task in chosen:
             doc = builder.build(sample, task, rng)
             if doc is None:

@@ -314,6 +314,20 @@ def score_image(prompt: str | Scene, image) -> Match:
     return match_scene(scene, find_objects(image))
 
 
+def score_edit(before: Scene, after: Scene, image) -> Match:
+    """Whether an edited image shows the `after` scene exactly and keeps the one object of
+    `before` where it was (same position word): the old scene plus the requested change."""
+    found = find_objects(image)
+    result = match_scene(after, found)
+    if not result:
+        return result
+    (old,) = before.objects
+    kept = next(o for o in found if o.name == old.name)
+    if position_of(kept) != before.position:
+        return Match(False, f"moved: the {old.name} was {before.position}, is {position_of(kept)}")
+    return Match(True)
+
+
 def score_caption(scene: Scene, text: str) -> Match:
     """Whether a caption describes the scene exactly (same objects, position or relation)."""
     parsed = parse_caption(text)

@@ -8,7 +8,10 @@ with "scene" and "qa"). The analyzer in `omni.shapes.analyzer` is the judge:
 
 * text-to-image: the image generated from a sample's caption must show exactly its scene;
 * captioning: the greedy caption of the sample's image must describe exactly its scene;
-* VQA: every question of the sample, answered greedily, must match the expected answer.
+* VQA: every question of the sample, answered greedily, must match the expected answer;
+* dialogue (`--tasks dialogue`, on `omni shapes dialogues` shards): every assistant turn of a
+  conversation, replayed with `pipe.chat` (`benchmark_dialogues`): draws when asked, never
+  otherwise, and what it draws, edits and answers is right.
 
 Each figure is split by one-object / two-object scenes and, where the shards flag held-out
 samples (`omni shapes make --holdout`: attribute combinations kept out of training), into
@@ -182,6 +185,108 @@ def benchmark_model(
     return report
 
 
+def validation_dialogues(pattern: str, n: int) -> list[dict]:
+    """The first `n` dialogues of shapes dialogue shards (`omni shapes dialogues`): their
+    conversation, scenes, scored turns and images."""
+    from omni.data.dialogue import image_entries, parse_conversation
+    from omni.data.shards import iterate_samples
+
+    out = []
+    for sample in iterate_samples(pattern):
+        if len(out) >= n:
+            break
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        if "conversations" not in meta or "turns" not in meta:
+            continue  # not a shapes dialogue (code shards hold no pngs of their own kind)
+        images = [Image.open(io.BytesIO(sample[e])).convert("RGB") for e in image_entries(sample)]
+        out.append(
+            {
+                "key": sample["__key__"],
+                "turns": parse_conversation(meta, len(images)),
+                "scored": meta["turns"],
+                "scenes": [Scene.from_dict(d) for d in meta["scenes"]],
+                "images": images,
+            }
+        )
+    if not out:
+        raise ValueError(
+            f"no shapes dialogues in {pattern!r}; write them with `omni shapes dialogues --out DIR` and point "
+            "--dialogues at DIR/val-*.tar (the image shards, not the code shards)"
+        )
+    return out
+
+
+def benchmark_dialogues(
+    pipe, shards: str, n: int = 200, *, batch_size: int = 64, seed: int = 0, examples: int = 8
+) -> dict:
+    """Replay each dialogue's assistant turns with `pipe.chat` (the history up to each user turn
+    is the reference's, so every turn is scored on its own) and score them: draws when asked
+    (draw and edit turns that hold an image), draws unasked (answer and describe turns that hold
+    one: should be 0), draw / edit / answer / describe accuracy (`score_image`, `score_edit`,
+    `check_answer`, `score_caption` on the first image or on the text), and answers after the
+    first turn (multi-turn)."""
+    from omni.shapes.analyzer import score_edit, score_image
+
+    cases = []
+    for d in validation_dialogues(shards, n):
+        history, asked = [], 0
+        for role, parts in d["turns"]:
+            content = [p if kind == "text" else d["images"][p] for kind, p in parts]
+            if role == "assistant":
+                cases.append((d, list(history), d["scored"][asked], asked))
+                asked += 1
+            history.append((role, content))
+    hits: dict[str, list[bool]] = {k: [] for k in ("draw", "edit", "answer", "answer_later", "describe")}
+    drew_when_asked, drew_unasked, shown = [], [], []
+    for i, chunk in enumerate(_batches(cases, batch_size)):
+        replies = pipe.chat([history for _, history, _, _ in chunk], seed=seed + i)
+        for (d, _, turn, index), reply in zip(chunk, replies):
+            images = [p for p in reply if not isinstance(p, str)]
+            text = " ".join(p for p in reply if isinstance(p, str))
+            kind = turn["kind"]
+            if kind in ("draw", "edit"):
+                drew_when_asked.append(bool(images))
+                after = d["scenes"][turn["image"]]
+                if not images:
+                    ok = False
+                elif kind == "draw":
+                    ok = bool(score_image(after, images[0]))
+                else:
+                    ok = bool(score_edit(d["scenes"][turn["before"]], after, images[0]))
+            else:
+                drew_unasked.append(bool(images))
+                if kind == "answer":
+                    ok = not images and check_answer(text, turn["answer"])
+                    if index > 0:
+                        hits["answer_later"].append(ok)
+                else:
+                    ok = not images and bool(score_caption(d["scenes"][turn["image"]], text))
+            hits[kind].append(ok)
+            if len(shown) < examples:
+                shown.append(
+                    {
+                        "key": d["key"],
+                        "turn": index,
+                        "kind": kind,
+                        "reply": text,
+                        "images": len(images),
+                        "ok": ok,
+                    }
+                )
+
+    def rate(values: list[bool]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    report = {f"dialogue_{k}_accuracy": rate(v) for k, v in hits.items()}
+    report |= {
+        "dialogue_draws_when_asked": rate(drew_when_asked),
+        "dialogue_draws_unasked": rate(drew_unasked),
+        "dialogue_turns": len(cases),
+        "dialogue_examples": shown,
+    }
+    return report
+
+
 @torch.no_grad()
 def run(
     model: str, shards: str, n: int, device: str = "cpu", generation: dict | None = None, **options
@@ -193,8 +298,15 @@ def run(
 
     pipe = load_pretrained(model, device=device)
     pipe.generation.update(check_generation(dict(generation or {}), "benchmark"))
-    report = benchmark_model(pipe, shards, n, **options)
-    return {"model": model, **report}
+    tasks = options.pop("tasks", ("t2i", "caption", "vqa"))
+    dialogues = options.pop("dialogues", "data/shapes-chat/val-*.tar")
+    report: dict = {"model": model}
+    if set(tasks) - {"dialogue"}:
+        report |= benchmark_model(pipe, shards, n, tasks=tasks, **options)
+    if "dialogue" in tasks:
+        chat = {k: v for k, v in options.items() if k in ("batch_size", "seed", "examples")}
+        report |= benchmark_dialogues(pipe, dialogues, n, **chat)
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,7 +326,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tasks",
         default="t2i,caption,vqa",
-        help="--model: comma-separated subset of t2i,caption,vqa (default all three)",
+        help="--model: comma-separated subset of t2i,caption,vqa,dialogue (default t2i,caption,vqa)",
+    )
+    parser.add_argument(
+        "--dialogues",
+        default="data/shapes-chat/val-*.tar",
+        help="--model, task dialogue: dialogue shards (default 'data/shapes-chat/val-*.tar'); --n of them",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="--model: samples generated at once")
     parser.add_argument("--seed", type=int, default=0, help="--model: sampling seed (default 0)")
@@ -238,10 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give --model FOLDER (benchmark a model) or --shards PATTERN (analyzer self-check)")
     if args.model is not None:
         tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-        unknown = set(tasks) - {"t2i", "caption", "vqa"}
+        unknown = set(tasks) - {"t2i", "caption", "vqa", "dialogue"}
         if unknown or not tasks or args.n < 1 or args.batch_size < 1:
             parser.error(
-                f"--tasks takes t2i,caption,vqa (got {args.tasks!r}); --n and --batch-size must be >= 1"
+                f"--tasks takes t2i,caption,vqa,dialogue (got {args.tasks!r}); --n and --batch-size must be >= 1"
             )
         # A bad model folder (ModelFolderError, a ValueError) is reported below as one line.
         report = run(
@@ -252,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             tasks=tasks,
+            dialogues=args.dialogues,
             generation={
                 name: value
                 for name, value in (

@@ -6,12 +6,13 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 import webdataset as wds
 
 from omni.data.codes import codes_to_npy
+from omni.data.dialogue import image_entries
 from omni.data.images import load_rgb, to_tensor
-from omni.data.loader import IMAGE_EXTENSIONS
 from omni.data.shards import tar_looks_complete
 from omni.tokenizers.vqgan import VQModel
 
@@ -26,14 +27,20 @@ def encode_shard(
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")  # per process: two runs never share it
     counts: Counter = Counter()
     res, grid = vq.config.resolution, vq.config.grid
-    pending: list[tuple[dict, str, torch.Tensor]] = []
+    pending: list[tuple[dict, list[str], list[torch.Tensor]]] = []  # sample, image entries, images
 
     def flush(sink) -> None:
-        images = torch.stack([img for _, _, img in pending])
-        codes = vq.encode(images).view(-1, grid, grid).cpu().numpy()
-        for (sample, image_ext, _), c in zip(pending, codes):
-            out = {"__key__": sample["__key__"], "codes.npy": codes_to_npy(c, vq.config.codebook_size)}
-            for ext in ("txt", "json") + ((image_ext,) if keep_images else ()):
+        images = torch.stack([img for _, _, imgs in pending for img in imgs])
+        codes = iter(vq.encode(images).view(-1, grid, grid).cpu().numpy())
+        for sample, image_exts, _ in pending:
+            # A dialogue's numbered images (KEY.0.png, ...) give (N, h, w); one image (h, w).
+            mine = [next(codes) for _ in image_exts]
+            grid_codes = np.stack(mine) if image_exts[0][0].isdigit() else mine[0]
+            out = {
+                "__key__": sample["__key__"],
+                "codes.npy": codes_to_npy(grid_codes, vq.config.codebook_size),
+            }
+            for ext in ("txt", "json") + (tuple(image_exts) if keep_images else ()):
                 if ext in sample:
                     out[ext] = sample[ext]
             sink.write(out)
@@ -50,17 +57,17 @@ def encode_shard(
         counts["truncated shard (re-create it)"] += 1  # its readable samples are still encoded
     with wds.TarWriter(str(tmp)) as sink:
         for sample in wds.tarfile_samples([{"url": src}], handler=skip):
-            ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-            if ext is None:
+            exts = image_entries(sample)
+            if not exts:
                 counts["skipped: missing image"] += 1
                 continue
             try:
-                image = to_tensor(load_rgb(sample[ext]), res)
+                images = [to_tensor(load_rgb(sample[ext]), res) for ext in exts]
             except Exception:  # undecodable bytes must not stop a long encoding run
                 counts["skipped: undecodable image"] += 1
                 continue
-            pending.append((sample, ext, image))
-            if len(pending) == batch_size:
+            pending.append((sample, exts, images))
+            if sum(len(imgs) for _, _, imgs in pending) >= batch_size:
                 flush(sink)
         if pending:
             flush(sink)

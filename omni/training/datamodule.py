@@ -21,15 +21,17 @@ class OmniDataModule(L.LightningDataModule):
     """Packed multi-task batches from code shards (see omni.data.packing).
 
     Args:
-        train_shards: code shards (brace pattern or glob), written by tokenizers/encode_shards.py.
-        val_shards: held-out code shards (None: no validation).
+        train_shards: code shards (brace pattern or glob, or a list of them), written by
+            tokenizers/encode_shards.py; dialogue shards (omni.data.dialogue) may be among them.
+        val_shards: held-out code shards, the same way (None: no validation).
         tokenizer: text tokenizer.json (tokenizers/train_text.py).
         vq: the VQ folder the shards were encoded with (its codebook size sets the vocabulary).
         seq_len: packed row length in tokens.
         batch_size: rows per batch (per device).
         batches_per_epoch: batches per epoch and rank (the stream is endless).
         val_batches: validation batches (each sample yields one document of every task).
-        ratios: task mixing ratios over t2i, caption, vqa, lm.
+        ratios: task mixing ratios over t2i, caption, vqa, lm; `chat` > 0 trains the conversations
+            of dialogue samples (and adds their token to the vocabulary).
         caption_dropout: probability of an empty t2i caption (for classifier-free guidance).
         num_workers: loader worker processes.
         shuffle_buffer: samples in the shuffle buffer.
@@ -39,10 +41,10 @@ class OmniDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train_shards: str,
+        train_shards: str | list[str],
         tokenizer: str,
         vq: str,
-        val_shards: str | None = None,
+        val_shards: str | list[str] | None = None,
         seq_len: int = 256,
         batch_size: int = 16,
         batches_per_epoch: int = 1000,
@@ -72,11 +74,12 @@ class OmniDataModule(L.LightningDataModule):
         )
         # Fails now, not after validation: a pattern that matches nothing, or shards that another
         # VQ encoded (codes of two tokenizers mean different things). One check: one VQ hash.
-        self.assets = Assets.load(tokenizer, vq)  # handed to the model by `omni train` (a link)
+        self.ratios = ratios or {"t2i": 0.4, "caption": 0.3, "vqa": 0.2, "lm": 0.1}
+        # Handed to the model by `omni train` (a link); conversations add their token to the vocabulary.
+        self.assets = Assets.load(tokenizer, vq, conversations=self.ratios.get("chat", 0) > 0)
         urls = [u for p in (train_shards, val_shards) if p for u in expand_shards(p)]
         codebook_size = self.assets.vq_config.codebook_size
         check_code_shards(urls, vq, fingerprint=self.assets.fingerprint, codebook_size=codebook_size)
-        self.ratios = ratios or {"t2i": 0.4, "caption": 0.3, "vqa": 0.2, "lm": 0.1}
         self.image_generation: str | None = None  # the model's, when connected
         self.read_resolution = 0  # the model's understanding encoder's, when connected
         self.train_loader = self.val_loader = None

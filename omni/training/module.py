@@ -24,6 +24,7 @@ from omni.generate import GENERATION_DEFAULTS
 from omni.grammar import TASKS
 from omni.model import Architecture, Transformer
 from omni.release import RunOutputs
+from omni.training.lora import LoraSettings, add_lora, merged_state_dict
 from omni.training.loss import training_loss
 from omni.training.schedule import lr_factor, train_minutes
 from omni.understanding import load_encoder_weights
@@ -64,6 +65,8 @@ class OmniLitModule(L.LightningModule):
             LLM converted by `omni convert from-hf`. Its tokenizer and VQ must be data.tokenizer and
             data.vq; model.transformer must match its size; parts the config adds (an encoder,
             image positions, the appearance table) start fresh (omni.checkpoint.load_initial_weights).
+        lora: train low-rank adapters (peft) instead of every weight; the release has them merged
+            in (omni.training.lora). Not with FSDP.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class OmniLitModule(L.LightningModule):
         encoder_weights: str | None = None,
         freeze: list[str] | None = None,
         init_from: str | None = None,
+        lora: LoraSettings | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["assets"])
@@ -133,6 +137,13 @@ class OmniLitModule(L.LightningModule):
         for part in freeze or []:
             for p in self.part_parameters(part):
                 p.requires_grad_(False)
+        if lora is not None:
+            trainable = add_lora(self.model, lora)
+            log.warning(
+                "LoRA: %s of %s weights train",
+                f"{trainable:,}",
+                f"{sum(p.numel() for p in self.model.parameters()):,}",
+            )
         self.ema = None
         if ema_decay > 0:
             self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
@@ -177,6 +188,10 @@ class OmniLitModule(L.LightningModule):
         if self.ema is not None and self._fsdp():
             raise ValueError(
                 "ema_decay > 0 is not supported with FSDP (the average would be of shards); set it to 0"
+            )
+        if self.hparams.lora is not None and self._fsdp():
+            raise ValueError(
+                "model.lora is not supported with FSDP; use DDP (strategy: ddp) or full fine-tuning"
             )
 
     def on_train_start(self) -> None:
@@ -289,7 +304,7 @@ class OmniLitModule(L.LightningModule):
             full = get_model_state_dict(self.trainer.strategy.model, options=options)
             return {k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")}
         source = self.ema if self.ema is not None else self.model
-        return source.state_dict()
+        return merged_state_dict(source) if self.hparams.lora is not None else source.state_dict()
 
     def export(self) -> None:
         h = self.hparams

@@ -11,47 +11,17 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from conftest import hf_tokenizer_file, tiny_llama  # noqa: E402
+
 import omni  # noqa: E402
 from omni.convert import UnsupportedModelError, from_hf  # noqa: E402
 from omni.generate import generate_text  # noqa: E402
 from omni.grammar import Prompt  # noqa: E402
 
 
-def hf_tokenizer_file(shapes_dir, folder):
-    """A plain byte-level BPE as an HF model ships it (its own <s>, </s>; none of Omni's tokens)."""
-    import webdataset as wds
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    shard = str(shapes_dir / "train-000000.tar")
-    texts = [s["txt"].decode() for s in wds.WebDataset(shard, shardshuffle=False)]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=290, special_tokens=["<s>", "</s>"]))
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(str(folder / "tokenizer.json"))
-    return folder / "tokenizer.json"
-
-
 @pytest.fixture(scope="module")
 def hf_tokenizer(tmp_path_factory, shapes_dir):
     return hf_tokenizer_file(shapes_dir, tmp_path_factory.mktemp("hf_tokenizer"))
-
-
-def tiny_llama(folder, tokenizer, *, tied: bool, vocab_rows: int, **overrides):
-    """A random LlamaForCausalLM (GQA, rope_theta 5e5) saved as an HF folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab_rows, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=tied, **overrides,
-    )  # fmt: skip
-    model = LlamaForCausalLM(config).eval()
-    model.save_pretrained(folder, safe_serialization=True)
-    (folder / "tokenizer.json").write_bytes(tokenizer.read_bytes())
-    return model
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -135,12 +135,12 @@ def test_encode_shards_cli_resumes(shapes_dir, tmp_path):
     ]
     first = subprocess.run(cmd, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
-    assert "encoded 350 images from 4 shards" in first.stdout
+    assert "encoded 350 samples from 4 shards" in first.stdout
     (tmp_path / "codes" / "train-000001.tar").unlink()  # as if the run died before this shard
     second = subprocess.run(cmd, capture_output=True, text=True)
     assert (
         "3 of 4 shards already encoded" in second.stdout
-        and "encoded 100 images from 1 shards" in second.stdout
+        and "encoded 100 samples from 1 shards" in second.stdout
     )
     bad = subprocess.run(cmd[:3] + [str(tmp_path / "none")] + cmd[4:], capture_output=True, text=True)
     assert bad.returncode == 2 and "does not exist" in bad.stderr

@@ -23,9 +23,13 @@ def _config(path):
     return yaml.safe_load(path.read_text())
 
 
-def _model_overrides(cfg: dict, assets) -> list[str]:
-    """The model shrunk to 2 layers of 64 and the data to the test's code shards."""
+def _model_overrides(cfg: dict, assets, releases=None) -> list[str]:
+    """The model shrunk to 2 layers of 64 and the data to the test's code shards; a config that
+    starts from a release (sft.yaml) starts from the tiny ar release, at its sizes."""
     kv = ["--model.transformer.n_kv_heads=1"] if cfg["model"]["transformer"].get("n_kv_heads") else []
+    if cfg["model"].get("init_from"):
+        kv = [f"--model.init_from={releases['ar']}", "--model.transformer.n_kv_heads=2"]
+    heads = 4 if cfg["model"].get("init_from") else 2
     return [
         f"--data.train_shards={assets.codes}/train-*.tar",
         f"--data.val_shards={assets.codes}/val-*.tar",
@@ -37,7 +41,7 @@ def _model_overrides(cfg: dict, assets) -> list[str]:
         "--data.val_batches=1",
         "--model.transformer.dim=64",
         "--model.transformer.n_layers=2",
-        "--model.transformer.n_heads=2",
+        f"--model.transformer.n_heads={heads}",
         *kv,
         "--model.transformer.max_seq_len=128",
         "--model.warmup_steps=1",
@@ -55,12 +59,12 @@ def _vq_overrides(shapes_dir) -> list[str]:
 
 
 def _start(
-    path, accelerator: str, tmp_path, model_assets, shapes_dir
+    path, accelerator: str, tmp_path, model_assets, shapes_dir, releases=None
 ) -> tuple[dict, subprocess.CompletedProcess]:
     cfg = _config(path)
     is_vq = "vq" in cfg["model"]
     script = "tokenizers/train_vq.py" if is_vq else "train.py"
-    overrides = _vq_overrides(shapes_dir) if is_vq else _model_overrides(cfg, model_assets)
+    overrides = _vq_overrides(shapes_dir) if is_vq else _model_overrides(cfg, model_assets, releases)
     strategy = cfg["trainer"].get("strategy")
     if accelerator == "cpu" and isinstance(strategy, dict) and "FSDP" in strategy["class_path"]:
         overrides.append("--trainer.strategy=ddp")  # Lightning's FSDP needs a GPU
@@ -100,8 +104,8 @@ def _check_outputs(cfg: dict, res, tmp_path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_every_config_starts_on_a_cpu(path, tmp_path, model_assets, shapes_dir):
-    cfg, res = _start(path, "cpu", tmp_path, model_assets, shapes_dir)
+def test_every_config_starts_on_a_cpu(path, tmp_path, model_assets, shapes_dir, tiny_releases):
+    cfg, res = _start(path, "cpu", tmp_path, model_assets, shapes_dir, tiny_releases)
     _check_outputs(cfg, res, tmp_path)
     if cfg["trainer"].get("precision", "auto") == "auto":  # the demo's: measured, and the choice said
         (line,) = [line for line in res.stdout.splitlines() if line.startswith("precision auto -> ")]

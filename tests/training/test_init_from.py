@@ -61,7 +61,7 @@ def test_fine_tuning_a_release_continues_from_its_loss(model_assets, tmp_path):
 @pytest.mark.slow
 def test_a_converted_hf_llm_trains_on_image_shards(model_assets, tmp_path, shapes_dir):
     pytest.importorskip("transformers")
-    from test_from_hf import hf_tokenizer_file, tiny_llama
+    from conftest import hf_tokenizer_file, tiny_llama
 
     from omni.convert import from_hf
 
