@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) bench/vq_throughput.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/sample_throughput.py
+	$(PY) bench/lora_finetune.py
 
 # constraints.txt pins every package make installs (the tested set; pyproject.toml keeps ranges).
 # Refresh: resolve omni[dev] afresh in a scratch venv, keeping the torch/torchvision pins (CPU CI

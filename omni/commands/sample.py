@@ -6,11 +6,12 @@ and inpainting.
     python sample.py vqa --model runs/shapes/model img.png --question "what color is the circle?"
     python sample.py text --model runs/shapes/model "a green"
     python sample.py inpaint --model runs/shapes/model img.png --box 0 0 16 32 --prompt "a cyan square on the left"
-    python sample.py interleave --model runs/shapes/model "draw a red circle" --samples 4
+    python sample.py chat --model runs/shapes/sft "draw a red circle on the left" --samples 4
+    python sample.py interleave --model runs/shapes/model "a red" --samples 4
 
 Each command writes into --out (default samples/<command>/): the images as numbered PNGs, a
-grid.png of them, and results.json with the prompts, the settings and the outputs (interleave:
-also page.md, each sample's text and images in order). The folder is
+grid.png of them, and results.json with the prompts, the settings and the outputs (chat and
+interleave: also page.md, each sample's text and images in order). The folder is
 written whole: it replaces an earlier sample.py output, and any other non-empty folder is
 refused. Everything is
 seeded: the same command gives the same files. Sampling settings left unset come from the model
@@ -133,21 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--variants", type=_positive(int), default=4, help="fills to draw, one seed each (default 4)"
     )
-    p = sub.add_parser(
-        "interleave",
-        parents=[common, images],
-        help="text and images in -> text and images out, in the order the model chooses",
-    )
-    p.add_argument("parts", nargs="+", help="the prompt's parts in order: text, or @FILE for an image")
-    p.add_argument(
-        "--samples", type=_positive(int), default=1, help="continuations, one seed each (default 1)"
-    )
-    p.add_argument(
-        "--max-new-tokens",
-        type=_positive(int),
-        help="longest continuation in tokens, images included (default: all the room left)",
-    )
-    p.add_argument("--text-temperature", type=_non_negative_float, help="0 is greedy (default: the folder's)")
+    for command, about, parts in (
+        ("chat", "one user turn in -> the assistant's reply: text, images or both (a model tuned on dialogues)",
+         "the user's turn in parts, in order: text, or @FILE for an image"),
+        ("interleave", "a document of text and images, continued in the order the model chooses",
+         "the document's parts in order: text, or @FILE for an image"),
+    ):  # fmt: skip
+        p = sub.add_parser(command, parents=[common, images], help=about)
+        p.add_argument("parts", nargs="+", help=parts)
+        p.add_argument("--samples", type=_positive(int), default=1, help="replies, one seed each (default 1)")
+        p.add_argument(
+            "--max-new-tokens",
+            type=_positive(int),
+            help="longest reply in tokens, images included (default: all the room left)",
+        )
+        p.add_argument(
+            "--text-temperature", type=_non_negative_float, help="0 is greedy (default: the folder's)"
+        )
     return parser
 
 
@@ -271,7 +274,7 @@ def _run(args, pipe, out: Path, tmp: Path) -> dict:
             image.save(tmp / name)
             record["items"].append({"prompt": args.prompt, "seed": args.seed + v, "image": name})
             grid_images.append(image)
-    elif args.command == "interleave":
+    elif args.command in ("chat", "interleave"):
         grid_images = _interleave(args, pipe, tmp, record)
 
     record["seconds"] = round(time.perf_counter() - start, 3)
@@ -283,17 +286,22 @@ def _run(args, pipe, out: Path, tmp: Path) -> dict:
 
 
 def _interleave(args, pipe, tmp: Path, record: dict) -> list:
-    """`interleave`: each sample's parts as items, its images as PNGs, page.md showing them in order."""
+    """`chat` / `interleave`: each sample's parts as items, its images as PNGs, page.md showing them
+    in order."""
     images = [part[1:] for part in args.parts if part.startswith("@")]
     _check_files(images)
     prompt = [pipe.preview(part[1:]) if part.startswith("@") else part for part in args.parts]
     page = ["# " + " ".join(p if isinstance(p, str) else "[image]" for p in prompt), ""]
     shown = [p for p in prompt if not isinstance(p, str)]
     for n in range(args.samples):
-        (parts,) = pipe.generate(
-            [prompt], max_new_tokens=args.max_new_tokens, text_temperature=args.text_temperature,
-            steps=args.steps, guidance=args.guidance, temperature=args.temperature, seed=args.seed + n,
+        options = dict(
+            max_new_tokens=args.max_new_tokens, text_temperature=args.text_temperature, steps=args.steps,
+            guidance=args.guidance, temperature=args.temperature, seed=args.seed + n,
         )  # fmt: skip
+        if args.command == "chat":
+            (parts,) = pipe.chat([[("user", prompt)]], **options)
+        else:
+            (parts,) = pipe.generate([prompt], **options)
         page += [f"## Sample {n} (seed {args.seed + n})", ""]
         written = []
         for k, part in enumerate(parts):

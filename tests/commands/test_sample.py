@@ -31,13 +31,15 @@ def test_every_subcommand_explains_its_flags(capsys):
     out = subprocess.run(
         [sys.executable, "sample.py", "--help"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
-    assert all(c in out for c in ("t2i", "caption", "vqa", "text", "inpaint"))
+    assert all(c in out for c in ("t2i", "caption", "vqa", "text", "inpaint", "chat", "interleave"))
     flags = {
         "t2i": ["--steps", "--guidance", "--per-prompt", "--prompts-file", "--seed", "--out"],
         "caption": ["--max-new-tokens", "--temperature"],
         "vqa": ["--question"],
         "text": ["--max-new-tokens"],
         "inpaint": ["--box", "--mask", "--prompt", "--variants"],
+        "chat": ["--samples", "--text-temperature", "--max-new-tokens", "--guidance"],
+        "interleave": ["--samples", "--text-temperature", "--max-new-tokens", "--steps"],
     }
     for command, expected in flags.items():
         with pytest.raises(SystemExit) as e:
@@ -161,7 +163,7 @@ def test_clear_errors(tiny_releases, tmp_path, capsys):
     assert "outside" in capsys.readouterr().err
 
 
-def test_interleave_writes_each_samples_parts_in_order(tiny_releases, tmp_path, monkeypatch):
+def test_interleave_writes_each_samples_parts_in_order(tiny_releases, tmp_path, monkeypatch, capsys):
     import omni as omni_package
 
     load = omni_package.load_pretrained
@@ -190,3 +192,6 @@ def test_interleave_writes_each_samples_parts_in_order(tiny_releases, tmp_path, 
     names = [p["image"] for i in items for p in i["parts"] if "image" in p]
     assert names and all(pixels(out / n).shape == (32, 32, 3) for n in names)
     assert run("interleave", "--model", tiny_releases["ar"], "--out", tmp_path / "j", "@missing.png") == 2
+    # chat needs a model tuned on conversations; this one says so (tests/training/test_sft.py chats)
+    assert run("chat", "--model", tiny_releases["ar"], "--out", tmp_path / "k", "draw a red circle") == 2
+    assert "not trained on conversations" in capsys.readouterr().err
