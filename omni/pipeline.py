@@ -311,7 +311,14 @@ class OmniPipeline:
     @staticmethod
     def _parts(content) -> list:
         """A prompt or turn as its parts: a string is one text part."""
-        return [content] if isinstance(content, str) else list(content)
+        if isinstance(content, str):
+            return [content]
+        if not isinstance(content, (list, tuple)):
+            raise ValueError(
+                f"a prompt or turn is a string or a list of strings and images, got {type(content).__name__}; "
+                f"one prompt of several parts is one list: generate([['a red', image, 'and']])"
+            )
+        return list(content)
 
     def _interleave(
         self, prompts: list[Prompt], max_new_tokens, seed, text_temperature, steps, guidance, temperature

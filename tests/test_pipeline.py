@@ -186,6 +186,8 @@ def test_generate_continues_text_and_images_in_the_models_order(pipes, mode):
     assert any(isinstance(p, Image.Image) for p in parts) and any(isinstance(p, str) for p in parts)
     with pytest.raises(ValueError, match="fills the model's"):
         pipe.generate("word " * 400)
+    with pytest.raises(ValueError, match="one prompt of several parts is one list"):
+        pipe.generate(["a red", Image.new("RGB", (32, 32))])
 
 
 def test_a_long_prompt_in_the_batch_leaves_the_others_room_to_draw(pipes):
