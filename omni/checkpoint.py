@@ -28,7 +28,7 @@ from omni.assets import Assets
 from omni.generate import check_generation
 from omni.model import ModelConfig, Transformer
 from omni.release import load_strict, read_release_config, save_tensors, writing_folder
-from omni.vocab import Vocab, VocabError
+from omni.vocab import Vocab, VocabError, rows_by_token
 
 FORMAT = "omni-model"  # config.json's "format" (the weights' safetensors metadata is HF's "pt")
 FORMAT_VERSION = 1
@@ -273,13 +273,6 @@ ADDABLE_PARTS = ("understanding.", "image_position.", "code_projection.", "code_
 VOCAB_ROWS = ("embedding.weight", "output.weight")  # one row per id of the vocabulary
 
 
-def _rows_by_token(weight: torch.Tensor, rows: list[int | None]) -> torch.Tensor:
-    """`weight`'s rows rearranged to another vocabulary (`Vocab.rows_from`); a token the folder's
-    vocabulary lacks starts as the mean of its rows (an average token, not noise)."""
-    mean = weight.float().mean(0).to(weight.dtype)
-    return torch.stack([weight[i] if i is not None else mean for i in rows])
-
-
 def load_initial_weights(model: Transformer, vocab: Vocab, folder: str | Path) -> list[str]:
     """Start `model` (a new training run's, over `vocab`) from a model folder's weights: an Omni
     release or an `omni convert` output. Returns the names of the weights the folder lacks, which
@@ -310,7 +303,7 @@ def load_initial_weights(model: Transformer, vocab: Vocab, folder: str | Path) -
         )
     state = load_state(folder)
     if rows is not None:  # the run's vocabulary adds tokens (conversations): the rows by token
-        state = {k: _rows_by_token(v, rows) if k in VOCAB_ROWS else v for k, v in state.items()}
+        state = {k: rows_by_token(v, rows) if k in VOCAB_ROWS else v for k, v in state.items()}
     ours = model.state_dict()
     fresh = sorted(k for k in ours if k not in state)
     kept_out = [k for k in fresh if not k.startswith(ADDABLE_PARTS)]

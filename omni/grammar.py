@@ -251,9 +251,10 @@ class Grammar:
         i = 0
         while i < len(ids):
             if ids[i] == boi:
-                end = list(ids).index(eoi, i) if eoi in ids[i:] else -1
-                if end < 0:
-                    raise ValueError(f"an image block opened at {i} is not closed by <eoi>")
+                try:
+                    end = list(ids).index(eoi, i)
+                except ValueError:
+                    raise ValueError(f"an image block opened at {i} is not closed by <eoi>") from None
                 parts.append(("image", [int(self.vocab.codes(t)) for t in ids[i + 1 : end]]))
                 i = end + 1
             else:

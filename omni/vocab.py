@@ -191,3 +191,12 @@ class Vocab:
                 f"{vq_name} has {codebook_size} codes but the model's vocabulary was laid out for "
                 f"{self.codebook_size}; use the VQ the model was trained with (or re-encode the shards)"
             )
+
+
+def rows_by_token(weight: torch.Tensor, rows: list[int | None]) -> torch.Tensor:
+    """A (ids, dim) weight laid out for another vocabulary: row i is `weight[rows[i]]`, and a token
+    with no row (None) starts as the mean of the rows used (an average token, not noise).
+    `rows` comes from `Vocab.rows_from`, or names the ids an outside model's rows stand for."""
+    used = sorted({i for i in rows if i is not None})
+    mean = weight[used].float().mean(0).to(weight.dtype)
+    return torch.stack([weight[i] if i is not None else mean for i in rows])

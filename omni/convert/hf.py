@@ -25,6 +25,7 @@ from omni.assets import Assets
 from omni.checkpoint import save_pretrained
 from omni.generate import GENERATION_DEFAULTS
 from omni.model import Architecture
+from omni.vocab import rows_by_token
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 MODEL_TYPES = ("llama", "mistral")
@@ -132,12 +133,6 @@ def architecture_of(config: dict, image_generation: str = "ar") -> Architecture:
     )
 
 
-def _extended(rows: torch.Tensor, text_size: int, total: int) -> torch.Tensor:
-    """The first `text_size` rows, then `total - text_size` rows that are their mean."""
-    kept = rows[:text_size].float()
-    return torch.cat([kept, kept.mean(0, keepdim=True).expand(total - text_size, -1)])
-
-
 def from_hf(src: str | Path, dst: str | Path, vq: str | Path, image_generation: str = "ar") -> Path:
     """Convert a Hugging Face Llama-family folder `src` into an Omni model folder `dst` over the
     VQ folder `vq` (fp32 weights); returns `dst`. `image_generation`: the folder's mode (ar or mask)."""
@@ -168,9 +163,12 @@ def from_hf(src: str | Path, dst: str | Path, vq: str | Path, image_generation: 
     embed = hf(f"{prefix}embed_tokens.weight")
     tied = config.get("tie_word_embeddings", False) or "lm_head.weight" not in weights
     head = embed if tied else hf("lm_head.weight")
+    text_rows = list(range(vocab.text_size)) + [None] * (vocab.size - vocab.text_size)
     state = {
-        "embedding.weight": _extended(embed, vocab.text_size, vocab.size),
-        "output.weight": _extended(head, vocab.text_size, vocab.size),
+        # The HF rows are the text ids (padding rows past them dropped); Omni's specials and the VQ's
+        # codes start as their mean.
+        "embedding.weight": rows_by_token(embed.float(), text_rows),
+        "output.weight": rows_by_token(head.float(), text_rows),
         "norm.weight": hf(f"{prefix}norm.weight"),
     }
     for i in range(config["num_hidden_layers"]):
