@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from omni.assets import Assets
 from omni.generate import check_generation
 from omni.model import ModelConfig, Transformer
-from omni.release import load_strict, read_release_config, save_tensors, writing_folder
+from omni.release import RUN_FACTS, load_strict, read_release_config, save_tensors, writing_folder
 from omni.vocab import Vocab, VocabError, rows_by_token
 
 FORMAT = "omni-model"  # config.json's "format" (the weights' safetensors metadata is HF's "pt")
@@ -75,7 +75,7 @@ def save_pretrained(
     ):
         if not path.is_file():
             raise FileNotFoundError(f"{what} {path} not found; the release folder needs it")
-    facts = {k: v for k, v in (extra or {}).items() if k == "trained_steps"}
+    facts = {k: v for k, v in (extra or {}).items() if k in RUN_FACTS}
     with writing_folder(folder, "model", run=run, facts=facts, what="release folder") as tmp:
         state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         shards = _shards(state, max_shard_bytes)

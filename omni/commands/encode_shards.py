@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock, Timeout
-from tqdm import tqdm
 
 from omni.data.codes import CODES_INFO, is_code_shard, read_codes_info, record_encoded_shard
 from omni.data.loader import count_samples
 from omni.data.shards import expand_shards, is_remote
 from omni.errors import CommandError
+from omni.progress import progress
 from omni.tokenizers import load_vq
 from omni.tokenizers.encode import encode_shard
 from omni.tokenizers.export import vq_fingerprint
@@ -126,7 +126,7 @@ def encode_all(vq, args, urls: list[str], out: Path, fingerprint: str) -> int:
         print(f"{len(urls) - len(todo)} of {len(urls)} shards already encoded in {out}; skipping them")
     totals: Counter = Counter()
     torch.set_grad_enabled(False)
-    with tqdm(total=count_samples(todo), desc="encode", unit="img") as bar:
+    with progress(count_samples(todo), "encode", "img") as bar:
         for url in todo:
             name = Path(url).name
             counts = encode_shard(vq, url, out / name, args.batch_size, progress=bar, keep_images=args.images)

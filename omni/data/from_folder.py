@@ -32,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from omni.atomic import write_file_atomically
 from omni.data.images import load_rgb
 from omni.data.loader import IMAGE_EXTENSIONS
+from omni.progress import progress
 
 SHOW_FIRST = 5  # per reason: print the first few skipped files with details, then only count
 PATH_COLUMNS = ("path", "image")  # accepted names of a list's image column, first found wins
@@ -269,8 +270,9 @@ def read_item(item: Item, skips: Skips) -> dict | None:
 # Writing
 
 
-def _good_samples(items: list[Item], skips: Skips, key_width: int, counts: Counter[str], split: str):
+def _good_samples(items: list[Item], skips: Skips, key_width: int, counts: Counter[str], split: str, bar):
     for item in items:
+        bar.update(1)
         sample = read_item(item, skips)
         if sample is not None:
             sample["__key__"] = f"{item.index:0{key_width}d}"
@@ -382,10 +384,11 @@ def write_shards(
     key_width = max(9, len(str(len(items) - 1)))
     counts: Counter[str] = Counter()
     shards: dict[str, list[str]] = {}
-    for split in SPLITS:
-        chosen = [it for it in order if (it.index in val) == (split == "val")]
-        samples = _good_samples(chosen, skips, key_width, counts, split)
-        shards[split] = write_split(out, split, samples, shard_size)
+    with progress(len(order), "from-folder", "img") as bar:
+        for split in SPLITS:
+            chosen = [it for it in order if (it.index in val) == (split == "val")]
+            samples = _good_samples(chosen, skips, key_width, counts, split, bar)
+            shards[split] = write_split(out, split, samples, shard_size)
 
     if not any(shards.values()):
         reasons = ", ".join(f"{r}: {n}" for r, n in skips.counts.most_common())

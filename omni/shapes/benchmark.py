@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from tqdm import tqdm
 
+from omni.progress import progress as progress_counter
 from omni.shapes.analyzer import check_answer, evaluate_shards, find_objects, match_scene, score_caption
 from omni.shapes.scenes import Scene, question_kind
 
@@ -123,7 +123,7 @@ def benchmark_model(
     shown: dict[str, list] = {}
 
     def bar(total, desc):
-        return tqdm(total=total, desc=desc, unit="sample", disable=not progress)
+        return progress_counter(total, desc, "sample", enabled=progress)
 
     if "t2i" in tasks:
         hits, seconds, reasons = [], 0.0, []

@@ -6,10 +6,13 @@ unified model -> benchmark -> samples, then a summary table (also demo/summary.j
     omni demo --list          # the stages and their commands
 
 Each stage is one of the project's own commands, run as a subprocess and printed first, so
-any stage can be re-run by hand. The long stages carry their time budget in their config
-(configs/shapes/vq.yaml and model.yaml: trainer.max_time); the benchmark's budget is its
-sample count. Outputs: data/shapes, data/shapes-codes, runs/shapes/{vq,tokenizer.json,model},
-and demo/ (vq.json, benchmark.json, t2i/ and captions/ from sample.py, grid.png, summary.json).
+any stage can be re-run by hand. Everything random is seeded and both trainings run a fixed
+number of steps (configs/shapes/vq.yaml and model.yaml: trainer.max_steps), so two runs on one
+machine give the same figures; trainer.max_time is only a guard for slower machines, and a
+stage it stops early is named in a warning and in the summary. Outputs: data/shapes,
+data/shapes-vq, data/shapes-codes, runs/shapes/{vq,tokenizer.json,model}, and demo/ (vq.json,
+benchmark.json, t2i/ and captions/ from sample.py, grid.png, summary.json: figures, steps per
+training stage, seeds, minutes).
 """
 
 from __future__ import annotations
@@ -33,10 +36,18 @@ OMNI = [sys.executable, "-m", "omni"]  # the `omni` command of this interpreter
 # of composition rather than memory.
 HELDOUT = ("magenta triangle", "cyan circle", "yellow square")
 
+# The VQ tokenizer is a general image tokenizer, trained on every combination (data/shapes-vq: the
+# training draw with nothing held out): a VQ that never saw a cyan circle cannot encode or draw one,
+# whatever the unified model composes (trained on data/shapes alone, it lost 13 of the 500
+# validation scenes on held-out pairs, most of its losses). The unified model, whose composition
+# the held-out figures measure, never sees a held-out pair in its captions, images or codes.
 STAGES: list[tuple[str, list[str]]] = [
     ("data", [*OMNI, "shapes", "make", "--out", "data/shapes", "--train", "20000", "--val", "500",
               "--per-shard", "2000", "--size", "32", "--seed", "0", "--holdout", ",".join(HELDOUT)]),
     ("analyzer", [*OMNI, "shapes", "benchmark", "--shards", "data/shapes/val-*.tar"]),
+    # The VQ tokenizer's images: the same draw with nothing held out (see above).
+    ("vq-data", [*OMNI, "shapes", "make", "--out", "data/shapes-vq", "--train", "20000", "--val", "0",
+                 "--per-shard", "2000", "--size", "32", "--seed", "0"]),
     ("vq", [*OMNI, "tokenizer", "train-vq", "fit", "--config", "configs/shapes/vq.yaml",
             "--trainer.enable_progress_bar", "false"]),
     ("vq-eval", [*OMNI, "tokenizer", "eval", "--vq", "runs/shapes/vq", "--shards", "data/shapes/val-*.tar",
@@ -119,16 +130,32 @@ SUMMARY_KEYS = (
 
 
 def seeded(stages: list[tuple[str, list[str]]], seed: int) -> list[tuple[str, list[str]]]:
-    """The stages with another seed for everything random: the data, and both trainings."""
+    """The stages with another seed for everything random: the data, and both trainings (their
+    initialisation and their data order)."""
     out = []
     for name, argv in stages:
         argv = list(argv)
         if "--seed" in argv:
             argv[argv.index("--seed") + 1] = str(seed)
         if "fit" in argv:
-            argv += ["--seed_everything", str(seed)]
+            argv += ["--seed_everything", str(seed), "--data.seed", str(seed)]
         out.append((name, argv))
     return out
+
+
+def training_steps(name: str) -> dict | None:
+    """What the release of training stage `name` records of its run: steps trained and planned,
+    and whether the time limit stopped it early (None: not a training stage, or no release)."""
+    if name not in STAGE_OUTPUTS:
+        return None
+    marker = read_marker(STAGE_OUTPUTS[name][0]) or {}
+    if "trained_steps" not in marker:
+        return None
+    return {
+        "trained": marker["trained_steps"],
+        "planned": marker.get("planned_steps"),
+        "stopped_by_time_limit": bool(marker.get("stopped_by_time_limit")),
+    }
 
 
 def run_stages(names: list[str], seed: int = 0) -> dict[str, float]:
@@ -146,6 +173,9 @@ def run_stages(names: list[str], seed: int = 0) -> dict[str, float]:
             record_run(name)
         minutes[name] = (time.perf_counter() - start) / 60
         print(f"=== demo stage {name}: {minutes[name]:.1f} min", flush=True)
+        steps = training_steps(name) if code == 0 else None
+        if steps and steps["stopped_by_time_limit"]:
+            print(f"=== demo stage {name}: {TIME_LIMITED.format(**steps)}", flush=True)
         if code != 0:
             raise CommandError(
                 f"demo stage {name!r} failed (exit {code}); fix the error above, then resume with "
@@ -154,8 +184,14 @@ def run_stages(names: list[str], seed: int = 0) -> dict[str, float]:
     return minutes
 
 
-def summarize(minutes: dict[str, float]) -> dict:
-    """demo/summary.json from the stage outputs; previous stage times are kept for stages not re-run."""
+TIME_LIMITED = (
+    "warning: the time limit stopped training at step {trained:,} of {planned:,}; this run's figures are "
+    "not comparable with a full run's (a slower or busier machine: raise trainer.max_time in the stage's config)"
+)
+
+
+def summarize(minutes: dict[str, float], seed: int | None = None) -> dict:
+    """demo/summary.json from the stage outputs; stage times and seeds of stages not re-run are kept."""
     path = DEMO / "summary.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     summary: dict = {}
@@ -175,6 +211,12 @@ def summarize(minutes: dict[str, float]) -> dict:
             {"prompt": p["prompt"], "caption_of_generated_image": c["caption"]}
             for p, c in zip(prompts, items)
         ]
+    # Which seed made each stage's output: a partial rerun (--from model --seed 1) mixes seeds.
+    seeds = dict(previous.get("seeds", {})) | ({k: seed for k in minutes} if seed is not None else {})
+    summary["seed"] = next(iter(set(seeds.values()))) if len(set(seeds.values())) == 1 else None
+    summary["seeds"] = seeds
+    summary["steps"] = {name: steps for name in STAGE_OUTPUTS if (steps := training_steps(name))}
+    summary["stopped_by_time_limit"] = [n for n, s in summary["steps"].items() if s["stopped_by_time_limit"]]
     stage_minutes = dict(previous.get("minutes", {}))
     stage_minutes.update({k: round(v, 2) for k, v in minutes.items()})
     summary["minutes"] = stage_minutes
@@ -197,6 +239,8 @@ def table(summary: dict) -> str:
             continue
         shown = f"{value:.1%}" if "accuracy" in key else f"{value:.1f}"
         lines.append(f"{key:<24}{shown:>10}")
+    for name, steps in summary.get("steps", {}).items():
+        lines.append(f"{'steps ' + name:<24}{steps['trained']:>10,}")
     for name, value in summary.get("minutes", {}).items():
         lines.append(f"{'minutes ' + name:<24}{value:>10.1f}")
     lines.append(f"{'minutes total':<24}{summary.get('total_minutes', 0):>10.1f}")
@@ -206,6 +250,8 @@ def table(summary: dict) -> str:
         )
     if "grid" in summary:
         lines.append(f"samples: {summary['grid']}; everything: demo/summary.json")
+    for name in summary.get("stopped_by_time_limit", []):
+        lines.append(f"stage {name}: " + TIME_LIMITED.format(**summary["steps"][name]))
     return "\n".join(lines)
 
 
@@ -237,6 +283,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     if names and names[0] == STAGE_NAMES[0]:
         (DEMO / "summary.json").unlink(missing_ok=True)  # a full run starts a fresh summary
-    summary = summarize(run_stages(names, args.seed))
+    summary = summarize(run_stages(names, args.seed), args.seed)
     print(table(summary))
     return 0

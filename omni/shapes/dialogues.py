@@ -27,6 +27,7 @@ import os
 import random
 from pathlib import Path
 
+from omni.progress import progress
 from omni.shapes.render import SPLITS, render
 from omni.shapes.scenes import (
     COLORS,
@@ -134,6 +135,7 @@ def write_split(out: Path, split: str, count: int, *, seed: int, size: int, per_
     import webdataset as wds
 
     names = []
+    bar = progress(count, f"dialogues {split}", "dialogue")
     for shard, start in enumerate(range(0, count, per_shard)):
         name = f"{split}-{shard:06d}.tar"
         tmp = out / f".{name}.tmp"
@@ -143,8 +145,10 @@ def write_split(out: Path, split: str, count: int, *, seed: int, size: int, per_
                 sample = {"__key__": f"{i:09d}", "json": json.dumps(meta, sort_keys=True).encode()}
                 sample.update({f"{n}.png": png for n, png in enumerate(images)})
                 sink.write(sample)
+                bar.update(1)
         os.replace(tmp, out / name)
         names.append(name)
+    bar.close()
     return names
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from omni.progress import progress as progress_counter
 from omni.shapes.scenes import (
     COLORS,
     SHAPES,
@@ -110,10 +111,9 @@ def write_split(
 ) -> list[str]:
     """Write `count` samples of one split as shards `out/{split}-NNNNNN.tar`; returns their names."""
     import webdataset as wds
-    from tqdm import tqdm
 
     names = []
-    bar = tqdm(total=count, desc=f"shapes {split}", unit="img", disable=not progress)
+    bar = progress_counter(count, f"shapes {split}", "img", enabled=progress)
     for shard, start in enumerate(range(0, count, per_shard)):
         name = f"{split}-{shard:06d}.tar"
         tmp = out / f".{name}.tmp"

@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from omni.data.loader import image_text_loader
+from omni.progress import progress
 from omni.tokenizers.metrics import psnr, ssim
 from omni.tokenizers.quantize import perplexity_from_counts
 from omni.tokenizers.vqgan import VQModel
@@ -48,7 +48,7 @@ def evaluate_vq(
     psnrs, ssims, verdicts = [], [], {}
     seconds = 0.0
     n = 0
-    bar = tqdm(total=limit, desc="eval vq", unit="img")
+    bar = progress(limit, "eval vq", "img")
     for batch in loader:
         x = batch["image"]
         if limit is not None:

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from omni.release import load_strict, read_release_config, save_tensors, writing_folder
+from omni.release import RUN_FACTS, load_strict, read_release_config, save_tensors, writing_folder
 from omni.tokenizers.vqgan import VQConfig, VQModel
 
 FORMAT = "omni-vq"
@@ -35,7 +35,7 @@ def save_vq(model: VQModel, folder: str | Path, extra: dict | None = None, run: 
         "vq": model.config.to_dict(),
         **(extra or {}),
     }
-    facts = {k: v for k, v in (extra or {}).items() if k == "trained_steps"}
+    facts = {k: v for k, v in (extra or {}).items() if k in RUN_FACTS}
     with writing_folder(folder, "vq", run=run, facts=facts, what="VQ folder") as tmp:
         save_tensors(tmp / "model.safetensors", state)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -31,6 +31,7 @@ from omni.tokenizers.losses import (
 from omni.tokenizers.metrics import psnr, ssim
 from omni.tokenizers.quantize import code_statistics
 from omni.tokenizers.vqgan import VQConfig, VQModel
+from omni.training.schedule import lr_factor, run_facts, time_limit_note
 
 log = logging.getLogger("omni.tokenizers")
 
@@ -42,6 +43,8 @@ class VQLitModule(L.LightningModule):
         vq: architecture of the tokenizer (default: `VQConfig()`, the 32 px patch model).
         lr: peak learning rate of both optimisers (AdamW, betas (0.5, 0.9) for the GAN phase).
         warmup_steps: linear warm-up of the learning rate.
+        min_lr_ratio: after warm-up the learning rate follows a cosine down to lr * min_lr_ratio
+            over the run (trainer.max_steps, else max_time); 1.0 keeps it constant.
         weight_decay: AdamW weight decay (not applied to the codebook).
         l1_weight, l2_weight: pixel reconstruction weights.
         perceptual: `ssim` (weight-free), `lpips` (needs `perceptual_weights`, a local file) or `none`.
@@ -61,6 +64,7 @@ class VQLitModule(L.LightningModule):
         vq: VQConfig | None = None,
         lr: float = 2e-3,
         warmup_steps: int = 100,
+        min_lr_ratio: float = 1.0,
         weight_decay: float = 0.0,
         l1_weight: float = 1.0,
         l2_weight: float = 1.0,
@@ -83,6 +87,7 @@ class VQLitModule(L.LightningModule):
             {
                 "lr": dict(above=0.0),
                 "warmup_steps": dict(at_least=0, integer=True),
+                "min_lr_ratio": dict(at_least=0.0, at_most=1.0),
                 "weight_decay": dict(at_least=0.0),
                 "l1_weight": dict(at_least=0.0),
                 "l2_weight": dict(at_least=0.0),
@@ -200,13 +205,13 @@ class VQLitModule(L.LightningModule):
         ]
         opt_g = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.99))
 
-        def warmup(step: int) -> float:
-            return min(1.0, (step + 1) / max(1, hp.warmup_steps))
+        def factor(_: int) -> float:  # read from the trainer's step: a resumed run continues the curve
+            return lr_factor(self.trainer, hp.warmup_steps, 0, hp.min_lr_ratio)
 
         optimizers = [opt_g]
         if self.discriminator is not None:
             optimizers.append(torch.optim.AdamW(self.discriminator.parameters(), lr=hp.lr, betas=(0.5, 0.9)))
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, warmup) for o in optimizers]
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimizers]
         return optimizers, schedulers
 
     # ------------------------------------------------------------------------------------------
@@ -217,7 +222,7 @@ class VQLitModule(L.LightningModule):
             save_vq(
                 self.vq,
                 self.hparams.export_dir,
-                extra={"trained_steps": int(self.global_step)},
+                extra=run_facts(self.trainer),
                 run=self.outputs.run,
             )
 
@@ -236,8 +241,11 @@ class VQLitModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         self.export()
-        if self.hparams.export_dir and self.trainer.is_global_zero:
-            log.warning("exported the VQ tokenizer to %s", self.hparams.export_dir)
+        if self.trainer.is_global_zero:
+            if note := time_limit_note(self.trainer):
+                log.warning(note)
+            if self.hparams.export_dir:
+                log.warning("exported the VQ tokenizer to %s", self.hparams.export_dir)
 
 
 class ImageDataModule(L.LightningDataModule):

@@ -26,7 +26,7 @@ from omni.model import Architecture, Transformer
 from omni.release import RunOutputs
 from omni.training.lora import LoraSettings, add_lora, merged_state_dict
 from omni.training.loss import training_loss
-from omni.training.schedule import lr_factor, train_minutes
+from omni.training.schedule import lr_factor, run_facts, time_limit_note, train_minutes
 from omni.understanding import load_encoder_weights
 
 log = logging.getLogger("omni")
@@ -321,10 +321,7 @@ class OmniLitModule(L.LightningModule):
                 generation={"image_generation": self.config.image_generation}
                 | GENERATION_DEFAULTS
                 | (h.generation or {}),
-                extra={
-                    "trained_steps": int(self.global_step),
-                    "trained_minutes": round(train_minutes(self.trainer), 2),
-                },
+                extra=run_facts(self.trainer) | {"trained_minutes": round(train_minutes(self.trainer), 2)},
                 run=self.outputs.run,
             )
 
@@ -365,8 +362,11 @@ class OmniLitModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         self.export()
-        if self.hparams.export_dir and self.trainer.is_global_zero:
-            log.warning("exported the model to %s", self.hparams.export_dir)
+        if self.trainer.is_global_zero:
+            if note := time_limit_note(self.trainer):
+                log.warning(note)
+            if self.hparams.export_dir:
+                log.warning("exported the model to %s", self.hparams.export_dir)
 
 
 def _compiler_missing(device_type: str) -> str | None:

@@ -1,6 +1,13 @@
-"""The learning-rate schedule: linear warm-up, then a cosine decay over the run's steps or, when
-the run is bounded by time (`trainer.max_time`), over its time budget: the wall-time schedule
-survives resuming, since Lightning's Timer restores the time already spent."""
+"""The run's length and the learning-rate schedule over it.
+
+The schedule: linear warm-up, then a cosine decay over the run's steps or, when the run is
+bounded by time alone (`trainer.max_time`), over its time budget: the wall-time schedule
+survives resuming, since Lightning's Timer restores the time already spent.
+
+A run with both `max_steps` and `max_time` (the demo's configs) is a fixed number of steps,
+with the time as a guard: where the guard stops it first (a slower or busier machine), the
+run says so (`time_limit_note`) and its release records it (`run_facts`).
+"""
 
 from __future__ import annotations
 
@@ -40,3 +47,32 @@ def lr_factor(trainer, warmup_steps: int, decay_steps: int, min_lr_ratio: float)
         return (step + 1) / warmup_steps
     cosine = 0.5 * (1 + math.cos(math.pi * run_fraction(trainer, decay_steps)))
     return min_lr_ratio + (1 - min_lr_ratio) * cosine
+
+
+def stopped_by_time_limit(trainer) -> bool:
+    """Whether `trainer.max_time` ended the run before the `max_steps` it was given."""
+    timer = _timer(trainer)
+    remaining = timer.time_remaining("train") if timer is not None else None
+    planned = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else 0
+    return remaining is not None and remaining <= 0 and trainer.global_step < planned
+
+
+def time_limit_note(trainer) -> str | None:
+    """The warning for a run that its time guard stopped early (None: it was not)."""
+    if not stopped_by_time_limit(trainer):
+        return None
+    return (
+        f"warning: the time limit (trainer.max_time, {train_minutes(trainer):.1f} min) stopped training at "
+        f"step {trainer.global_step:,} of the {trainer.max_steps:,} it was given (a slower or busier machine); "
+        f"its figures are those of a shorter run. Raise trainer.max_time to train every step."
+    )
+
+
+def run_facts(trainer) -> dict:
+    """What a release records of the run that made it: steps trained, steps planned, whether the
+    time limit stopped it (omni.release.RUN_FACTS)."""
+    facts = {"trained_steps": int(trainer.global_step)}
+    if trainer.max_steps and trainer.max_steps > 0:
+        facts["planned_steps"] = int(trainer.max_steps)
+    facts["stopped_by_time_limit"] = stopped_by_time_limit(trainer)
+    return facts

@@ -37,9 +37,21 @@ def test_summary_collects_benchmark_tokenizer_and_minutes(tmp_path, monkeypatch,
     )
     Image.new("RGB", (8, 8)).save(root / "t2i" / "grid.png")
 
-    summary = demo.summarize({"model": 18.0, "benchmark": 2.0})
+    from omni.release import MARKER
+
+    for name, (trained, planned, stopped) in {"vq": (4000, 4000, False), "model": (5210, 7000, True)}.items():
+        release = tmp_path / demo.STAGE_OUTPUTS[name][0]
+        release.mkdir(parents=True)
+        facts = {"trained_steps": trained, "planned_steps": planned, "stopped_by_time_limit": stopped}
+        (release / MARKER).write_text(json.dumps({"kind": name, "run": "r"} | facts))
+
+    summary = demo.summarize({"model": 18.0, "benchmark": 2.0}, seed=0)
     saved = json.loads((root / "summary.json").read_text())
     assert saved == summary
+    # The steps each training stage ran (of those planned), and the seed, are part of the record.
+    assert summary["seed"] == 0 and summary["seeds"] == {"model": 0, "benchmark": 0}
+    assert summary["steps"]["vq"] == {"trained": 4000, "planned": 4000, "stopped_by_time_limit": False}
+    assert summary["steps"]["model"]["trained"] == 5210 and summary["stopped_by_time_limit"] == ["model"]
     assert all(summary[key] == 0.5 for key in demo.SUMMARY_KEYS)
     assert summary["scene_accuracy"] == 0.97 and summary["total_minutes"] == 20.0
     assert summary["round_trip"] == [
@@ -47,10 +59,14 @@ def test_summary_collects_benchmark_tokenizer_and_minutes(tmp_path, monkeypatch,
         {"prompt": "p1", "caption_of_generated_image": "c1"},
     ]
     assert (root / "grid.png").is_file()
-    # A later partial run keeps the minutes of the stages it did not redo.
-    assert demo.summarize({"benchmark": 1.0})["minutes"] == {"model": 18.0, "benchmark": 1.0}
     text = demo.table(summary)
     assert "t2i_accuracy" in text and "50.0%" in text and "minutes total" in text
+    assert "steps model                  5,210" in text
+    assert "stage model: warning: the time limit stopped training at step 5,210 of 7,000" in text
+    # A later partial run keeps the minutes of the stages it did not redo, and says which seed made what.
+    again = demo.summarize({"benchmark": 1.0}, seed=1)
+    assert again["minutes"] == {"model": 18.0, "benchmark": 1.0}
+    assert again["seeds"] == {"model": 0, "benchmark": 1} and again["seed"] is None
 
 
 def test_list_and_a_failing_stage(monkeypatch, capsys):
@@ -127,7 +143,18 @@ def test_another_seed_reaches_the_data_and_both_trainings(capsys):
     stages = dict(demo.seeded(demo.STAGES, 7))
     assert stages["data"][stages["data"].index("--seed") + 1] == "7"
     for name in ("vq", "model"):
-        assert stages[name][-2:] == ["--seed_everything", "7"], name
+        assert stages[name][-4:] == ["--seed_everything", "7", "--data.seed", "7"], name
     assert stages["benchmark"] == dict(demo.STAGES)["benchmark"]
     assert demo.main(["--list", "--seed", "7"]) == 0
     assert "--seed_everything 7" in capsys.readouterr().out
+
+
+def test_the_demo_trains_a_fixed_number_of_steps_with_time_as_a_guard():
+    """Steps, not minutes, decide a demo run (its figures must not depend on the machine's load);
+    the time limit stays as a guard for slower machines."""
+    import yaml
+
+    for name in demo.STAGE_OUTPUTS:
+        trainer = yaml.safe_load((REPO / f"configs/shapes/{name}.yaml").read_text())["trainer"]
+        assert trainer["max_steps"] > 0, name
+        assert trainer["max_time"], f"{name}: no time guard"

@@ -136,6 +136,8 @@ def test_encode_shards_cli_resumes(shapes_dir, tmp_path):
     first = subprocess.run(cmd, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     assert "encoded 350 samples from 4 shards" in first.stdout
+    # Not a terminal (a log): compact progress lines, never a bar's carriage returns.
+    assert "\r" not in first.stdout + first.stderr and "[encode done] 350/350 img | " in first.stderr
     (tmp_path / "codes" / "train-000001.tar").unlink()  # as if the run died before this shard
     second = subprocess.run(cmd, capture_output=True, text=True)
     assert (

@@ -9,6 +9,7 @@ import sys
 import pytest
 from conftest import REPO, tiny_vq_config
 
+from omni.release import read_marker
 from omni.tokenizers import load_vq
 
 
@@ -32,6 +33,14 @@ def test_train_export_evaluate_and_resume(tmp_path, shapes_dir, in_memory):
     vq = load_vq(tmp_path / "vq")
     assert vq.config.codebook_size == 64
     assert json.loads((tmp_path / "vq/config.json").read_text())["trained_steps"] == 100
+    # A fixed number of steps, all trained: the release says so (the demo's summary reads it).
+    marker = read_marker(tmp_path / "vq")
+    assert (marker["trained_steps"], marker["planned_steps"], marker["stopped_by_time_limit"]) == (
+        100,
+        100,
+        False,
+    )
+    assert "warning: the time limit" not in res.stdout + res.stderr
     if not in_memory:
         metrics = (tmp_path / "run/logs/version_0/metrics.csv").read_text().splitlines()
         header = metrics[0].split(",")
@@ -77,3 +86,16 @@ def test_eval_vq_reports_a_bad_folder_clearly(tmp_path, shapes_dir):
         text=True,
     )
     assert ev.returncode == 2 and "does not exist" in ev.stderr and "Traceback" not in ev.stderr
+
+
+def test_the_time_limit_guards_a_fixed_number_of_steps_and_says_so(tmp_path, shapes_dir):
+    """max_steps is the run; max_time only stops a machine too slow for it, with a warning line
+    and a release that records the steps trained of those planned."""
+    config = tiny_vq_config(tmp_path, shapes_dir)
+    res = _train(config, "--trainer.max_steps", "1000000", "--trainer.max_time", "00:00:00:03")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert "warning: the time limit (trainer.max_time" in out and "of the 1,000,000 it was given" in out
+    marker = read_marker(tmp_path / "vq")
+    assert marker["stopped_by_time_limit"] is True and marker["planned_steps"] == 1_000_000
+    assert 0 < marker["trained_steps"] < 1_000_000

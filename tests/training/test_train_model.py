@@ -267,3 +267,27 @@ def test_llava_stages_train_the_connector_first_then_resume_with_the_transformer
     assert moved(one, two, "blocks.") and moved(one, two, "understanding.connector.")
     assert not moved(one, two, "understanding.vit.")
     assert json.loads((out / "model" / "config.json").read_text())["trained_steps"] == 20
+
+
+@pytest.mark.slow
+def test_a_fixed_number_of_steps_trains_the_same_weights_twice(model_assets, tmp_path):
+    """The demo's figures hold still because a run of N steps is deterministic: same seed, same
+    bytes; another seed (initialisation and data order) other weights."""
+
+    def weights(out: str, *seed: str) -> bytes:
+        cmd = tiny_train_command(
+            model_assets, tmp_path / out, "--trainer.max_steps=8", "--model.ema_decay=0", *seed
+        )
+        res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+        marker = json.loads((tmp_path / out / "model/.omni-release.json").read_text())
+        assert (marker["trained_steps"], marker["planned_steps"], marker["stopped_by_time_limit"]) == (
+            8,
+            8,
+            False,
+        )
+        return (tmp_path / out / "model/model.safetensors").read_bytes()
+
+    first = weights("a")
+    assert weights("b") == first
+    assert weights("c", "--seed_everything=1", "--data.seed=1") != first
