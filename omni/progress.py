@@ -64,7 +64,7 @@ class ProgressLog:
 
     def close(self, tag: str = "done") -> None:
         """Print the closing line (once), tagged `done` (or `stopped` when the work failed)."""
-        if self.enabled and not self._closed:
+        if self.enabled and not self._closed and (self.n or self.total != 0):  # no line for no work
             self._print(self.clock(), tag)
         self._closed = True
 
