@@ -36,7 +36,7 @@ from pathlib import Path
 from omni.atomic import give_default_mode
 
 MARKER = ".omni-release.json"
-# What a training run records of itself in its release's marker (omni.training.schedule.run_facts).
+# What a training run records of itself in its release's marker (omni.schedule.run_facts).
 RUN_FACTS = ("trained_steps", "planned_steps", "stopped_by_time_limit")
 # The safetensors header metadata Hugging Face loaders expect of PyTorch weights; Omni's own
 # facts live in the config.json beside the weights.

@@ -19,6 +19,7 @@ from omni.checks import check_numbers
 from omni.data.loader import image_text_loader
 from omni.data.shards import expand_shards
 from omni.release import RunOutputs
+from omni.schedule import lr_factor, run_facts, time_limit_note
 from omni.tokenizers.export import save_vq
 from omni.tokenizers.losses import (
     PatchDiscriminator,
@@ -31,7 +32,6 @@ from omni.tokenizers.losses import (
 from omni.tokenizers.metrics import psnr, ssim
 from omni.tokenizers.quantize import code_statistics
 from omni.tokenizers.vqgan import VQConfig, VQModel
-from omni.training.schedule import lr_factor, run_facts, time_limit_note
 
 log = logging.getLogger("omni.tokenizers")
 

@@ -24,9 +24,9 @@ from omni.generate import GENERATION_DEFAULTS
 from omni.grammar import TASKS
 from omni.model import Architecture, Transformer
 from omni.release import RunOutputs
+from omni.schedule import lr_factor, run_facts, time_limit_note, train_minutes
 from omni.training.lora import LoraSettings, add_lora, merged_state_dict
 from omni.training.loss import training_loss
-from omni.training.schedule import lr_factor, run_facts, time_limit_note, train_minutes
 from omni.understanding import load_encoder_weights
 
 log = logging.getLogger("omni")
@@ -222,7 +222,7 @@ class OmniLitModule(L.LightningModule):
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------------------------------
-    # The schedule (omni.training.schedule): warm-up, then cosine over steps or the time budget
+    # The schedule (omni.schedule): warm-up, then cosine over steps or the time budget
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         h = self.hparams

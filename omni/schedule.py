@@ -1,4 +1,5 @@
-"""The run's length and the learning-rate schedule over it.
+"""The run's length and the learning-rate schedule over it, for both trainers (the unified
+model's, omni.training, and the VQ's, omni.tokenizers.training).
 
 The schedule: linear warm-up, then a cosine decay over the run's steps or, when the run is
 bounded by time alone (`trainer.max_time`), over its time budget: the wall-time schedule
