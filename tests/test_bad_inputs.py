@@ -418,7 +418,10 @@ def test_ctrl_c_during_a_release_swap_finishes_the_swap_first(model_assets, monk
     def rename_then_interrupt(src, dst):
         real_rename(src, dst)
         if str(dst).endswith(".model.old"):
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right after the old release moved away
+            # Ctrl-C right after the old release moved away. raise_signal delivers it to this
+            # thread at once; os.kill may hand it to another of the process's threads (torch's),
+            # which made the test flaky.
+            signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(omni.release.os, "rename", rename_then_interrupt)
     newer = {k: v + 1 for k, v in model.state_dict().items()}
