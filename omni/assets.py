@@ -38,13 +38,17 @@ class Assets:
     vocab: Vocab
 
     @classmethod
-    def load(cls, tokenizer: str | Path, vq: str | Path, conversations: bool = False) -> Assets:
+    def load(
+        cls, tokenizer: str | Path, vq: str | Path, conversations: bool = False, locations: int = 0
+    ) -> Assets:
         """Read a tokenizer.json and a VQ folder (its config; the weights are read when needed);
-        `conversations` adds the conversation tokens to the vocabulary (`omni.vocab`)."""
+        `conversations` adds the conversation tokens to the vocabulary, `locations` the grounded
+        tasks' tokens and that many location bins per axis (`omni.vocab`)."""
         tokenizer, vq = Path(tokenizer), Path(vq)
         text = TextTokenizer.from_file(tokenizer)
         vq_config = read_vq_config(vq)
-        return cls(tokenizer, vq, text, vq_config, Vocab.build(text, vq_config.codebook_size, conversations))
+        vocab = Vocab.build(text, vq_config.codebook_size, conversations, locations)
+        return cls(tokenizer, vq, text, vq_config, vocab)
 
     @property
     def image_tokens(self) -> int:

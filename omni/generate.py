@@ -178,14 +178,18 @@ def generate_text(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     compile: bool = False,
+    allowed: torch.Tensor | None = None,
 ) -> list[list[int]]:
     """Continue each prompt with text until <eos> (excluded from the result) or `max_new_tokens`.
 
-    With `use_cache=False` every step recomputes the whole prefix (the reference the KV-cached
-    path is tested against); `compile=True` runs each step compiled (`Decoder`).
+    `allowed` (V,) bool: the ids decoding may emit (default: plain text and <eos>; grounded text
+    adds the location tokens, a box is location tokens alone). With `use_cache=False` every step
+    recomputes the whole prefix (the reference the KV-cached path is tested against);
+    `compile=True` runs each step compiled (`Decoder`).
     """
     device = model.output.weight.device
-    allowed = vocab.text_id_mask(device).expand(len(prompts), -1)
+    allowed = vocab.text_id_mask(device) if allowed is None else allowed.to(device)
+    allowed = allowed.expand(len(prompts), -1)
     eos = vocab.special("eos")
     rows = _continue(
         model, vocab, prompts, [max_new_tokens] * len(prompts), allowed, {eos},

@@ -7,6 +7,20 @@
 
     chat     <chat> <bos> user <sep> | assistant <eos> | <bos> user <sep> | assistant <eos> ...
 
+  with location tokens (a vocabulary built with `locations`; boxes are four `<loc_i>`, omni.grounding):
+    gcap     <gcap> <boi> image <eoi> <bos> | grounded caption <eos>      each name followed by its box
+    ground   <ground> <boi> image <eoi> <bos> phrase <sep> | box <eos>   referring expression
+    region   <region> <boi> image <eoi> <bos> box <sep> | phrase <eos>   what is in a box
+    plan     <plan> <bos> caption <sep> | layout <eos> <boi> image | <eoi>   layout-first text to image
+    gvqa     <vqa> <boi> image <eoi> <bos> question <ground> | objects <sep> answer <eos>
+             a grounded answer: the objects the question names, with their boxes, then the answer
+
+A `plan` document writes the layout (the names with their boxes) before the image, so a sampler
+draws the plan first and then the image conditioned on it, or takes a user's layout instead.
+With `text_first` (a model's `text_first`), the tasks that ask something of an image they read
+(vqa, gvqa, ground, region) put the question before the image: `<vqa> <bos> question <sep> <boi> image
+<eoi> | answer <eos>`, so the image's tokens, bidirectional among themselves, also see the question.
+
 Left of `|` is the prompt a sampler is given; right of it, what the model learns to produce (the
 loss), and after a second `|`, tokens that close the document without a loss. A conversation
 (`chat`, `Grammar.chat_document` / `chat_prompt`) has turns of any number of parts, text and
@@ -47,7 +61,37 @@ TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] =
     "caption": (("mmu", "boi", "$image", "eoi", "bos"), ("$caption", "eos"), ()),
     "vqa": (("vqa", "boi", "$image", "eoi", "bos", "$question", "sep"), ("$answer", "eos"), ()),
     "lm": (("lm", "bos"), ("$text", "eos"), ()),
+    "gcap": (("gcap", "boi", "$image", "eoi", "bos"), ("$caption", "eos"), ()),
+    "ground": (("ground", "boi", "$image", "eoi", "bos", "$phrase", "sep"), ("$box", "eos"), ()),
+    "region": (("region", "boi", "$image", "eoi", "bos", "$box", "sep"), ("$phrase", "eos"), ()),
+    "plan": (("plan", "bos", "$caption", "sep"), ("$layout", "eos", "boi", "$image"), ("eoi",)),
+    "gvqa": (
+        ("vqa", "boi", "$image", "eoi", "bos", "$question", "ground"),
+        ("$objects", "sep", "$answer", "eos"),
+        (),
+    ),
 }
+# The same tasks with their question before the image (`Grammar.text_first`).
+TEXT_FIRST: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "vqa": (("vqa", "bos", "$question", "sep", "boi", "$image", "eoi"), ("$answer", "eos"), ()),
+    "ground": (("ground", "bos", "$phrase", "sep", "boi", "$image", "eoi"), ("$box", "eos"), ()),
+    "region": (("region", "bos", "$box", "sep", "boi", "$image", "eoi"), ("$phrase", "eos"), ()),
+    "gvqa": (
+        ("vqa", "bos", "$question", "ground", "boi", "$image", "eoi"),
+        ("$objects", "sep", "$answer", "eos"),
+        (),
+    ),
+}
+# A question about a read image can be followed by more about the same image in one document
+# (`Grammar.document(follow_ups=...)`: each its own question and answer, as in a multi-turn
+# conversation): the image's tokens, most of a document, then serve several answers.
+FOLLOW_UP: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "vqa": (("bos", "$question", "sep"), ("$answer", "eos")),
+    "gvqa": (("bos", "$question", "ground"), ("$objects", "sep", "$answer", "eos")),
+    "ground": (("bos", "$phrase", "sep"), ("$box", "eos")),
+    "region": (("bos", "$box", "sep"), ("$phrase", "eos")),
+}
+GROUNDED_TASKS = ("gcap", "ground", "region", "plan", "gvqa")  # need location tokens in the vocabulary
 TASKS = (*TEMPLATES, "chat")
 # A conversation's turns: who speaks, and the tokens around a turn (omni.vocab short names).
 CHAT_ROLES = ("user", "assistant")
@@ -82,9 +126,11 @@ class Document:
         return bool(self.images) and not self.images[0][2]
 
     def masked(self, positions: Sequence[int], mask_id: int) -> Document:
-        """Mask-mode t2i: the image tokens at `positions` become <mask>, each the target of its
-        own position; nothing else has a loss."""
-        tokens, targets = list(self.tokens), [IGNORE] * len(self.tokens)
+        """Mask mode: the generated image's tokens at `positions` become <mask>, each the target
+        of its own position; the image has no next-token loss (text before it keeps its own)."""
+        tokens, targets = list(self.tokens), list(self.targets)
+        start, end = self.image
+        targets[start - 1 : end] = [IGNORE] * (end - start + 1)
         for p in positions:
             targets[p], tokens[p] = tokens[p], mask_id
         images = [(s, e, True) for s, e, _ in self.images]
@@ -110,9 +156,15 @@ class Prompt:
 
 @dataclass
 class Grammar:
-    """The templates over one vocabulary."""
+    """The templates over one vocabulary; `text_first` puts questions before the image they ask about."""
 
     vocab: Vocab
+    text_first: bool = False
+
+    def template(self, task: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """The (prompt, answer, closing) parts of `task` in this grammar."""
+        found = template(task)
+        return TEXT_FIRST.get(task, found) if self.text_first else found
 
     def _render(self, parts: Sequence[str], slots: dict, at: int) -> tuple[list[int], tuple[int, int] | None]:
         """Ids of `parts` with their slots filled, and where the image went (offset by `at`)."""
@@ -132,27 +184,47 @@ class Grammar:
         ids, `image` as VQ codes. `answer_start` is the beginning of the answer, for the model to
         continue (lm: the text whose continuation is wanted). `pixels` (3, R, R): the image's, for
         a model that reads images with an understanding encoder."""
-        ids, image = self._render(template(task)[0], slots, 0)
+        ids, image = self._render(self.template(task)[0], slots, 0)
         pixels = self._read(task, pixels)
         return Prompt(
             ids + list(answer_start), [(*image, True)] if image else [], [] if pixels is None else [pixels]
         )
 
-    def document(self, task: str, key: str = "", causal_image: bool = True, pixels=None, **slots) -> Document:
+    def document(
+        self,
+        task: str,
+        key: str = "",
+        causal_image: bool = True,
+        pixels=None,
+        follow_ups: Sequence[dict] = (),
+        **slots,
+    ) -> Document:
         """The training document of `task`: the prompt, then the answer with next-token targets
         (each position predicts the next token), then the closing tokens without a loss.
 
         `causal_image` marks a generated image block as raster-order (ar mode); for mask mode
         call `Document.masked` on the result. `pixels` (3, R, R) go with an image that is read
-        (in the prompt), for a model with an understanding encoder."""
-        prompt_parts, answer_parts, closing = template(task)
+        (in the prompt), for a model with an understanding encoder. `follow_ups`: the slots of
+        more questions about the same image (`FOLLOW_UP`), each after the one before."""
+        prompt_parts, answer_parts, closing = self.template(task)
         prompt, image = self._render(prompt_parts, slots, 0)
         answer, answer_image = self._render(answer_parts, slots, len(prompt))
         tail, _ = self._render(closing, slots, 0)
         tokens = prompt + answer + tail
+        learnt = [(len(prompt), len(prompt) + len(answer))]
+        if follow_ups and task not in FOLLOW_UP:
+            raise ValueError(f"task {task!r} takes no follow-up questions; those that do: {tuple(FOLLOW_UP)}")
+        for more in follow_ups:
+            ask, reply = FOLLOW_UP[task]
+            question, _ = self._render(ask, more, 0)
+            said, _ = self._render(reply, more, 0)
+            tokens += question
+            learnt.append((len(tokens), len(tokens) + len(said)))
+            tokens += said
         targets = [IGNORE] * len(tokens)
-        for i in range(len(prompt), len(prompt) + len(answer)):
-            targets[i - 1] = tokens[i]
+        for start, end in learnt:
+            for i in range(start, end):
+                targets[i - 1] = tokens[i]
         if image:
             images = [(*image, True)]  # read
         else:

@@ -82,6 +82,10 @@ class Architecture:
     `VQModel.code_appearance`), projected by a learned matrix, to the code embeddings: codes that
     look alike start alike, instead of as unrelated ids (cf. Janus, whose image inputs are an MLP
     of the VQ codebook vectors)."""
+    text_first: bool = False
+    """Put a question (vqa, ground, region; omni.grammar) before the image it asks about, so the
+    image's tokens, bidirectional among themselves, see what is asked; off: the image first, as
+    LLaVA. A layout of the documents, not of the network: prompts are built the same way."""
     understanding: str = "codes"
     """How images that are read (captioning, VQA) are embedded: `codes` (their VQ codes, as
     generated images are) or `encoder` (Janus: a ViT over their pixels and a connector,

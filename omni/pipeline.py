@@ -36,9 +36,20 @@ from omni.generate import (
     generate_images_mask,
     generate_interleaved,
     generate_text,
+    images_ar,
+    images_mask,
     seeded_generator,
 )
 from omni.grammar import Grammar, Prompt
+from omni.grounding import (
+    Grounded,
+    box_ids,
+    grounded_ids,
+    ids_box,
+    layout_parts,
+    parse_grounded,
+    phrase_text,
+)
 from omni.model import Transformer
 from omni.tokenizers.export import VQFolderError, load_vq
 from omni.tokenizers.text import TextTokenizer
@@ -46,6 +57,7 @@ from omni.tokenizers.vqgan import VQModel
 from omni.vocab import Vocab
 
 log = logging.getLogger("omni")
+PLAN_ROOM = 40  # tokens a layout-first prompt keeps for its layout (a few names with their boxes)
 
 
 @dataclass
@@ -72,8 +84,13 @@ class OmniPipeline:
         return self.vq.config.grid**2
 
     @property
+    def frame(self) -> tuple[int, int]:
+        """(width, height) of the images the model reads and draws: the frame of its boxes."""
+        return (self.vq.config.resolution, self.vq.config.resolution)
+
+    @property
     def grammar(self) -> Grammar:
-        return Grammar(self.vocab)
+        return Grammar(self.vocab, self.model.config.text_first)
 
     def _option(self, name: str, value):
         """A sampling option: the call's value, else the folder's default, checked either way."""
@@ -84,11 +101,12 @@ class OmniPipeline:
     # ------------------------------------------------------------------------------------------
     # Inputs
 
-    def _text_ids(self, text: str, budget: int, what: str) -> list[int]:
-        """Token ids of `text`, cut (with a warning) to `budget` tokens."""
+    def _text_ids(self, text: str, budget: int, what: str, phrase: bool = False) -> list[int]:
+        """Token ids of `text` (a `phrase`: as grounded documents write one, `phrase_text`), cut
+        (with a warning) to `budget` tokens."""
         if not isinstance(text, str):
             raise TypeError(f"{what} must be a string, got {type(text).__name__}")
-        ids = self.tokenizer.encode(text.strip())
+        ids = self.tokenizer.encode(phrase_text(text) if phrase else text.strip())
         if len(ids) > budget:
             log.warning(
                 "%s of %d tokens cut to the model's budget of %d: %r", what, len(ids), budget, text[:60]
@@ -156,14 +174,17 @@ class OmniPipeline:
     def _generator(self, seed: int) -> torch.Generator:
         return seeded_generator(seed, self.device)
 
-    def _decode(self, prompts: list[Prompt], max_new_tokens, temperature, seed) -> list[str]:
+    def _decode_ids(
+        self, prompts: list[Prompt], max_new_tokens, temperature, seed, allowed=None
+    ) -> list[list[int]]:
+        """Each prompt's continuation as ids (`omni.generate.generate_text`; `allowed`: its ids)."""
         max_new = self._option("max_new_tokens", max_new_tokens)
         room = self.model.config.max_seq_len - max(len(p.ids) for p in prompts)
         if room < 1:
             raise ValueError(
                 f"the prompt fills the model's {self.model.config.max_seq_len} positions; shorten it"
             )
-        ids = generate_text(
+        return generate_text(
             self.model,
             self.vocab,
             prompts,
@@ -171,8 +192,18 @@ class OmniPipeline:
             temperature=self._option("text_temperature", temperature),
             generator=self._generator(seed),
             compile=self.compile,
+            allowed=allowed,
         )
+
+    def _decode(self, prompts: list[Prompt], max_new_tokens, temperature, seed) -> list[str]:
+        ids = self._decode_ids(prompts, max_new_tokens, temperature, seed)
         return [self.tokenizer.decode(row).strip() for row in ids]
+
+    def _decode_grounded(self, prompts: list[Prompt], max_new_tokens, temperature, seed) -> list[Grounded]:
+        """Continuations that may hold boxes (text and location tokens), read into text and boxes."""
+        allowed = self.vocab.text_id_mask(self.device) | self.vocab.location_id_mask(self.device)
+        ids = self._decode_ids(prompts, max_new_tokens, temperature, seed, allowed)
+        return [parse_grounded(self.vocab, self.tokenizer.decode, row, self.frame) for row in ids]
 
     # ------------------------------------------------------------------------------------------
     # Every direction
@@ -182,15 +213,28 @@ class OmniPipeline:
         self,
         prompts: str | Sequence[str],
         *,
+        layout=None,
         steps: int | None = None,
         guidance: float | None = None,
         temperature: float | None = None,
         seed: int = 0,
         batch_size: int = 32,
     ) -> list[Image.Image]:
-        """Text -> images. An empty prompt generates unconditionally."""
+        """Text -> images. An empty prompt generates unconditionally.
+
+        `layout="plan"` draws layout-first (a grounded model): the model writes each prompt's
+        layout, its objects' names with their boxes (`plan`), then draws the image conditioned on
+        it. A list gives the layouts instead, one per prompt, each a `Grounded` (from `plan`) or
+        (phrase, box) pairs with boxes (x0, y0, x1, y1) in pixels of `frame`: layout control.
+        """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        captions = [self._t2i_ids(p) for p in prompts]
+        if layout is None:
+            captions = [self._t2i_ids(p) for p in prompts]
+        else:
+            layouts = (
+                self.plan(prompts, seed=seed) if isinstance(layout, str) and layout == "plan" else layout
+            )
+            captions = self._planned(prompts, layouts)
         generator = self._generator(seed)
         out = []
         for i in range(0, len(captions), batch_size):
@@ -198,6 +242,95 @@ class OmniPipeline:
             codes = self._image_codes(chunk, steps, guidance, temperature, generator)
             out += to_pil(self.vq.decode(codes))
         return out
+
+    @torch.no_grad()
+    def plan(
+        self, prompts: str | Sequence[str], *, temperature: float | None = None, seed: int = 0
+    ) -> list[Grounded]:
+        """Text -> the layout the model plans for its image: the objects' names with their boxes
+        (in pixels of `frame`), as `Grounded` (text, [(phrase, box), ...]). Needs a grounded model."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        self.vocab.special("plan")  # a clear error for a model without grounding
+        rendered = [
+            self.grammar.prompt("plan", caption=self._text_ids(p, self._plan_room(), "prompt"))
+            for p in prompts
+        ]
+        return self._decode_grounded(rendered, None, temperature, seed)
+
+    def _plan_room(self) -> int:
+        """Prompt tokens a layout-first prompt may use, keeping room for a layout of a few objects."""
+        return self.grammar.text_room("plan", self.model.config.max_seq_len, self.grid, answer=PLAN_ROOM)
+
+    def _planned(self, prompts: list[str], layouts) -> list[Prompt]:
+        """Layout-first prompts that end at <boi>: the caption, the layout, <eos> <boi>."""
+        if isinstance(layouts, str) or len(layouts) != len(prompts):
+            raise ValueError(
+                f'layout must be "plan" or one layout per prompt ({len(prompts)}), got {layouts!r}'[:200]
+            )
+        special = self.vocab.special
+        out = []
+        for prompt, layout in zip(prompts, layouts):
+            objects = layout.boxes if isinstance(layout, Grounded) else list(layout)
+            parts = layout_parts([(str(phrase), box) for phrase, box in objects])
+            ids = grounded_ids(self.vocab, self.tokenizer.encode, parts, self.frame)
+            caption = self._text_ids(prompt, self._plan_room(), "prompt")
+            rendered = self.grammar.prompt(
+                "plan", caption=caption, answer_start=ids + [special("eos"), special("boi")]
+            )
+            if len(rendered.ids) + self.grid > self.model.config.max_seq_len:
+                raise ValueError(
+                    f"the prompt and its layout of {len(objects)} objects leave no room for the image in the "
+                    f"model's {self.model.config.max_seq_len} positions; shorten them"
+                )
+            out.append(rendered)
+        return out
+
+    @torch.no_grad()
+    def ground(
+        self, images, phrases: str | Sequence[str], *, seed: int = 0
+    ) -> list[tuple[float, float, float, float]]:
+        """Images and one phrase per image -> where the phrase is: a box (x0, y0, x1, y1) in pixels
+        of `frame` (referring expressions; a grounded model)."""
+        phrases = [phrases] if isinstance(phrases, str) else list(phrases)
+        codes, pixels = self._read(images)
+        if len(phrases) != len(codes):
+            raise ValueError(f"got {len(codes)} images but {len(phrases)} phrases; give one phrase per image")
+        self.vocab.special("ground")  # a clear error for a model without grounding
+        budget = self._text_room("ground")
+        prompts = [
+            self.grammar.prompt(
+                "ground", image=c.tolist(), phrase=self._text_ids(t, budget, "phrase", phrase=True), pixels=p
+            )
+            for c, t, p in zip(codes, phrases, pixels)
+        ]
+        ids = self._decode_ids(prompts, 4, 0.0, seed, self.vocab.location_id_mask(self.device))
+        return [ids_box(self.vocab, row, self.frame) for row in ids]
+
+    @torch.no_grad()
+    def describe_regions(self, images, boxes, *, seed: int = 0) -> list[str]:
+        """Images and one box (x0, y0, x1, y1, pixels of `frame`) per image -> what is there (a
+        grounded model's `region` task)."""
+        codes, pixels = self._read(images)
+        boxes = [boxes] if len(boxes) == 4 and not isinstance(boxes[0], (list, tuple)) else list(boxes)
+        if len(boxes) != len(codes):
+            raise ValueError(f"got {len(codes)} images but {len(boxes)} boxes; give one box per image")
+        self.vocab.special("region")
+        prompts = [
+            self.grammar.prompt("region", image=c.tolist(), box=box_ids(self.vocab, b, self.frame), pixels=p)
+            for c, b, p in zip(codes, boxes, pixels)
+        ]
+        return self._decode(prompts, None, 0.0, seed)
+
+    @torch.no_grad()
+    def grounded_caption(
+        self, images, *, max_new_tokens: int | None = None, temperature: float | None = None, seed: int = 0
+    ) -> list[Grounded]:
+        """Images -> captions with a box after each object's name: `Grounded` (text, boxes in pixels
+        of `frame`; a grounded model)."""
+        codes, pixels = self._read(images)
+        self.vocab.special("gcap")
+        prompts = [self.grammar.prompt("gcap", image=c.tolist(), pixels=p) for c, p in zip(codes, pixels)]
+        return self._decode_grounded(prompts, max_new_tokens, temperature, seed)
 
     @torch.no_grad()
     def caption(
@@ -217,22 +350,40 @@ class OmniPipeline:
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         seed: int = 0,
-    ) -> list[str]:
-        """Images and one question per image -> answers."""
+        grounded: bool = False,
+    ) -> list[str] | list[Grounded]:
+        """Images and one question per image -> answers.
+
+        `grounded=True` (a grounded model): the model first finds the objects the question names,
+        each with its box, then answers; returns `Grounded` (text: the answer, boxes: those
+        objects, in pixels of `frame`)."""
         questions = [questions] if isinstance(questions, str) else list(questions)
         codes, pixels = self._read(images)
         if len(questions) != len(codes):
             raise ValueError(
                 f"got {len(codes)} images but {len(questions)} questions; give one question per image"
             )
-        budget = self._text_room("vqa")
+        task = "gvqa" if grounded else "vqa"
+        budget = self._text_room(task)
+        if grounded:
+            self.vocab.special("ground")  # a clear error for a model without grounding
         prompts = [
             self.grammar.prompt(
-                "vqa", image=c.tolist(), question=self._text_ids(q, budget, "question"), pixels=p
+                task, image=c.tolist(), question=self._text_ids(q, budget, "question"), pixels=p
             )
             for c, q, p in zip(codes, questions, pixels)
         ]
-        return self._decode(prompts, max_new_tokens, temperature, seed)
+        if not grounded:
+            return self._decode(prompts, max_new_tokens, temperature, seed)
+        sep, device = self.vocab.special("sep"), self.device
+        allowed = self.vocab.text_id_mask(device) | self.vocab.location_id_mask(device)
+        allowed[sep] = True
+        out = []
+        for row in self._decode_ids(prompts, max_new_tokens, temperature, seed, allowed):
+            chain, answer = (row[: row.index(sep)], row[row.index(sep) + 1 :]) if sep in row else (row, [])
+            objects = parse_grounded(self.vocab, self.tokenizer.decode, chain, self.frame).boxes
+            out.append(Grounded(self.tokenizer.decode([i for i in answer if i != sep]).strip(), objects))
+        return out
 
     @torch.no_grad()
     def generate_text(
@@ -426,9 +577,25 @@ class OmniPipeline:
         return self.grammar.text_room(task, self.model.config.max_seq_len, self.grid)
 
     def _image_codes(self, captions, steps, guidance, temperature, generator, initial=None) -> torch.Tensor:
-        """Codes (B, grid) by the model's generation mode, with this folder's defaults for options left None."""
+        """Codes (B, grid) by the model's generation mode, with this folder's defaults for options
+        left None; `captions` are t2i captions' ids, or prompts that end at <boi> (layout-first)."""
         guidance = self._option("guidance_scale", guidance)
         temperature = self._option("temperature", temperature)
+        if captions and isinstance(captions[0], Prompt):
+            # Layout-first prompts; guidance is against t2i's unconditional prompt (caption dropout).
+            prompts = list(captions) + (
+                [self.grammar.prompt("t2i", caption=[])] * len(captions) if guidance > 0 else []
+            )
+            if self.model.config.image_generation == "mask":
+                return images_mask(
+                    self.model, self.vocab, prompts, self.grid, steps=self._option("mask_steps", steps),
+                    guidance=guidance, temperature=temperature, generator=generator, initial=initial,
+                    compile=self.compile,
+                )  # fmt: skip
+            return images_ar(
+                self.model, self.vocab, prompts, self.grid, guidance=guidance, temperature=temperature,
+                top_k=self._option("top_k", None), generator=generator, initial=initial, compile=self.compile,
+            )  # fmt: skip
         if self.model.config.image_generation == "mask":
             return generate_images_mask(
                 self.model,

@@ -15,6 +15,7 @@ module asks this object for ids: nothing else hard-codes one.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -35,6 +36,19 @@ SPECIALS: dict[str, str] = {
 # Added to a vocabulary only when its run trains conversations (`Vocab.build(conversations=True)`):
 # vocabularies laid out before them, and runs without them, keep their ids.
 CONVERSATION_SPECIALS: dict[str, str] = {"chat": "<|chat|>"}  # task: a conversation (omni.grammar)
+# Added only when a run trains grounding (`Vocab.build(locations=B)`): the grounded tasks' tokens
+# (omni.grammar), then B location tokens `<|loc_0|>` ... per axis (omni.grounding).
+GROUNDING_SPECIALS: dict[str, str] = {
+    "gcap": "<|gcap|>",  # task: a grounded caption (each object's name followed by its box)
+    "ground": "<|ground|>",  # task: a phrase -> its box (referring expression)
+    "region": "<|region|>",  # task: a box -> what is there
+    "plan": "<|plan|>",  # task: layout-first text to image (the caption, its layout, the image)
+}
+
+
+def location_specials(bins: int) -> dict[str, str]:
+    """The short names and strings of `bins` location tokens."""
+    return {f"loc_{i}": f"<|loc_{i}|>" for i in range(bins)}
 
 
 class VocabError(ValueError):
@@ -65,13 +79,22 @@ class Vocab:
             raise VocabError(f"special ids must be distinct and below image_offset: {self.special_ids}")
 
     @classmethod
-    def build(cls, text_tokenizer, codebook_size: int, conversations: bool = False) -> Vocab:
+    def build(
+        cls, text_tokenizer, codebook_size: int, conversations: bool = False, locations: int = 0
+    ) -> Vocab:
         """Lay out the vocabulary of a `TextTokenizer` (or any HF-wrapping object) and a VQ codebook;
-        with `conversations`, also the conversation tokens (`CONVERSATION_SPECIALS`)."""
+        with `conversations`, also the conversation tokens (`CONVERSATION_SPECIALS`); with
+        `locations` > 0, the grounded tasks' tokens and that many location tokens per axis."""
+        if locations < 0 or locations == 1:
+            raise VocabError(
+                f"locations is the number of location bins per axis (0: none, else >= 2), got {locations}"
+            )
         text_size = text_tokenizer.vocab_size
         present = text_tokenizer.special_ids()  # token string -> id
         special_ids, nxt = {}, text_size
         wanted = SPECIALS | (CONVERSATION_SPECIALS if conversations else {})
+        if locations:
+            wanted |= GROUNDING_SPECIALS | location_specials(locations)
         for name, token in wanted.items():
             if token in present:
                 special_ids[name] = present[token]
@@ -89,6 +112,38 @@ class Vocab:
         """Whether this vocabulary has the conversation tokens (`CONVERSATION_SPECIALS`)."""
         return set(CONVERSATION_SPECIALS) <= set(self.special_ids)
 
+    @cached_property
+    def location_bins(self) -> int:
+        """Location tokens per axis (0: the model was not trained with grounding)."""
+        return sum(name.startswith("loc_") for name in self.special_ids)
+
+    @cached_property
+    def _location_index(self) -> dict[int, int]:
+        return {self.special_ids[f"loc_{i}"]: i for i in range(self.location_bins)}
+
+    def location_id(self, index: int) -> int:
+        """The id of location bin `index`."""
+        if not 0 <= index < self.location_bins:
+            self.special("loc_0")  # the clear error when there are none
+            raise ValueError(f"location bin {index} outside [0, {self.location_bins})")
+        return self.special_ids[f"loc_{index}"]
+
+    def location_index(self, token_id: int) -> int:
+        """The bin of a location token id (ValueError for another id)."""
+        try:
+            return self._location_index[int(token_id)]
+        except KeyError:
+            raise ValueError(f"id {token_id} is not a location token") from None
+
+    def is_location_id(self, token_id: int) -> bool:
+        return int(token_id) in self._location_index
+
+    def location_id_mask(self, device=None) -> torch.Tensor:
+        """(size,) bool, True for location token ids."""
+        allowed = torch.zeros(self.size, dtype=torch.bool, device=device)
+        allowed[list(self._location_index)] = True
+        return allowed
+
     def special(self, name: str) -> int:
         try:
             return self.special_ids[name]
@@ -97,6 +152,12 @@ class Vocab:
                 raise VocabError(
                     f"this vocabulary has no {CONVERSATION_SPECIALS[name]}: the model was not trained on "
                     f"conversations; fine-tune it on dialogue shards (configs/shapes/sft.yaml) first"
+                ) from None
+            if name in GROUNDING_SPECIALS or name.startswith("loc_"):
+                raise VocabError(
+                    "this vocabulary has no location tokens: the model was not trained with grounding; "
+                    "train it with data.location_bins > 0 and grounded tasks in data.ratios "
+                    "(gcap, ground, region, plan), or fine-tune it so (--model.init_from)"
                 ) from None
             raise KeyError(f"no special token {name!r}; known: {sorted(self.special_ids)}") from None
 

@@ -119,17 +119,20 @@ TINY_ENCODER = dict(dim=32, depth=1, heads=2)
 
 @pytest.fixture(scope="session")
 def tiny_releases(model_assets, tmp_path_factory) -> dict[str, Path]:
-    """Release folders of an untrained tiny model over `model_assets`, one per image mode, and
-    "encoder": an ar model that reads images with an understanding encoder."""
+    """Release folders of an untrained tiny model over `model_assets`, one per image mode,
+    "encoder": an ar model that reads images with an understanding encoder, and "grounded": an ar
+    model whose vocabulary has 16 location bins (omni.grounding)."""
     from omni.assets import Assets
     from omni.checkpoint import save_pretrained
     from omni.model import Architecture, Transformer
     from omni.understanding import EncoderConfig
 
     root = tmp_path_factory.mktemp("releases")
-    assets = Assets.load(model_assets.tokenizer, model_assets.vq)
+    plain = Assets.load(model_assets.tokenizer, model_assets.vq)
+    grounded = Assets.load(model_assets.tokenizer, model_assets.vq, locations=16)
     folders = {}
-    for mode in ("mask", "ar", "encoder"):
+    for mode in ("mask", "ar", "encoder", "grounded"):
+        assets = grounded if mode == "grounded" else plain
         torch.manual_seed(0)
         image_fields = mode != "mask"  # the demo's image fields, taken from the VQ as training does
         reading = (

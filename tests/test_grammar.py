@@ -7,15 +7,22 @@ import torch
 
 from omni.generate import layout
 from omni.grammar import IGNORE, TEMPLATES, Grammar, Placed, lay_out
-from omni.vocab import CONVERSATION_SPECIALS, SPECIALS, Vocab
+from omni.vocab import CONVERSATION_SPECIALS, GROUNDING_SPECIALS, SPECIALS, Vocab, location_specials
 
 CODES = list(range(16))
 TEXT = {"caption": [40, 41, 42], "question": [50, 51], "answer": [60], "text": [70, 71, 72, 73]}
+TEXT |= {
+    "phrase": [80, 81],
+    "box": [130, 131, 132, 133],
+    "layout": [80, 130, 131, 132, 133],
+    "objects": [81, 130],
+}
 
 
 @pytest.fixture(scope="module")
 def grammar() -> Grammar:
-    return Grammar(Vocab(100, 64, 100 + len(SPECIALS), {n: 100 + i for i, n in enumerate(SPECIALS)}))
+    names = [*SPECIALS, *GROUNDING_SPECIALS, *location_specials(8)]  # every template's tokens
+    return Grammar(Vocab(100, 64, 100 + len(names), {n: 100 + i for i, n in enumerate(names)}))
 
 
 def slots(task: str) -> dict:

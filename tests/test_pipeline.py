@@ -202,3 +202,31 @@ def test_a_long_prompt_in_the_batch_leaves_the_others_room_to_draw(pipes):
         hook.remove()
     assert any(isinstance(p, Image.Image) for p in short_row)  # the long prompt left no room for its own
     assert not any(isinstance(p, Image.Image) for p in long_row)
+
+
+def test_grounded_directions_give_boxes_in_the_frame_and_layouts_that_draw(tiny_releases):
+    """A grounded release: ground -> boxes inside the image, describe_regions -> text, plan ->
+    layouts, generate_images(layout=...) draws the plan or a given layout, answers through boxes;
+    the same calls on a model without location tokens fail with one clear message."""
+    from omni.grounding import Grounded
+    from omni.vocab import VocabError
+
+    pipe = omni.load_pretrained(tiny_releases["grounded"])
+    image = Image.new("RGB", (32, 32), (255, 0, 0))
+    (box,) = pipe.ground([image], ["red circle"])
+    assert pipe.frame == (32, 32) and 0 <= box[0] <= box[2] <= 32 and 0 <= box[1] <= box[3] <= 32
+    assert all(
+        isinstance(t, str) for t in pipe.describe_regions([image, image], [(0, 0, 8, 8), (8, 8, 30, 30)])
+    )
+    (layout,) = pipe.plan(["a red circle"])
+    assert isinstance(layout, Grounded)
+    drawn = pipe.generate_images(["a red circle"], layout="plan", seed=3)
+    given = pipe.generate_images(["a red circle"] * 2, layout=[[("red circle", (2, 2, 12, 12))]] * 2, seed=3)
+    assert drawn[0].size == given[0].size == (32, 32)
+    (answer,) = pipe.answer([image], ["is there a red circle?"], grounded=True, max_new_tokens=6)
+    assert isinstance(answer, Grounded) and isinstance(answer.text, str)
+    with pytest.raises(ValueError, match="one layout per prompt"):
+        pipe.generate_images(["a", "b"], layout=[[("red circle", (2, 2, 12, 12))]])
+    plain = omni.load_pretrained(tiny_releases["ar"])
+    with pytest.raises(VocabError, match="not trained with grounding"):
+        plain.plan(["a red circle"])

@@ -4,6 +4,9 @@ and inpainting.
     python sample.py t2i --model runs/shapes/model "a red circle on the left" "a blue square above a green triangle"
     python sample.py caption --model runs/shapes/model samples/t2i/*.png
     python sample.py vqa --model runs/shapes/model img.png --question "what color is the circle?"
+    python sample.py t2i --model runs/shapes/model "a red circle left of a blue square" --layout plan --show-boxes
+    python sample.py caption --model runs/shapes/model img.png --grounded --show-boxes
+    python sample.py ground --model runs/shapes/model img.png --phrase "red circle"
     python sample.py text --model runs/shapes/model "a green"
     python sample.py inpaint --model runs/shapes/model img.png --box 0 0 16 32 --prompt "a cyan square on the left"
     python sample.py chat --model runs/shapes/sft "draw a red circle on the left" --samples 4
@@ -27,7 +30,7 @@ import time
 from pathlib import Path
 
 from omni.checks import check_number
-from omni.data.images import image_grid
+from omni.data.images import draw_boxes, image_grid
 
 
 def _number(kind, **rule):
@@ -101,12 +104,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=_positive(int), default=32, help="images generated at once (default 32)"
     )
+    layout = p.add_mutually_exclusive_group()
+    layout.add_argument(
+        "--layout",
+        choices=["plan"],
+        help="plan: layout-first, the model writes each prompt's layout (names with boxes), then draws it "
+        "(a grounded model); results.json records the layouts",
+    )
+    layout.add_argument(
+        "--layout-file",
+        help='a JSON file of layouts, one per prompt: [[{"name": "red circle", "box": [x0, y0, x1, y1]}, ...], '
+        "...], boxes in pixels of the model's image resolution: draw these layouts",
+    )
+    p.add_argument("--show-boxes", action="store_true", help="draw the layouts' boxes on grid.png")
 
     p = sub.add_parser("caption", parents=[common, text], help="images -> captions")
     p.add_argument("images", nargs="+", help="image files (any mode or size)")
+    p.add_argument(
+        "--grounded",
+        action="store_true",
+        help="grounded captions: each object's name followed by its box (a grounded model); "
+        "results.json records the boxes",
+    )
+    p.add_argument("--show-boxes", action="store_true", help="with --grounded: draw the boxes on grid.png")
+
+    p = sub.add_parser("ground", parents=[common], help="images + phrases -> boxes (referring expressions)")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument(
+        "--phrase",
+        action="append",
+        required=True,
+        help='what to find, e.g. "red circle"; give it once for all images, or once per image in order',
+    )
 
     p = sub.add_parser("vqa", parents=[common, text], help="images + questions -> answers")
     p.add_argument("images", nargs="+", help="image files")
+    p.add_argument(
+        "--grounded",
+        action="store_true",
+        help="the model finds the objects the question names (boxes) before it answers (a grounded model)",
+    )
+    p.add_argument("--show-boxes", action="store_true", help="with --grounded: draw the boxes on grid.png")
     p.add_argument(
         "--question",
         action="append",
@@ -216,8 +254,17 @@ def _run(args, pipe, out: Path, tmp: Path) -> dict:
 
     if args.command == "t2i":
         prompts = [p for p in _prompts(args) for _ in range(args.per_prompt)]
+        layouts = None
+        if args.layout == "plan":
+            layouts = pipe.plan(prompts, seed=args.seed)
+        elif args.layout_file:
+            layouts = [
+                _layout(entry, n, args.layout_file)
+                for n, entry in enumerate(_layouts(args.layout_file, prompts))
+            ]
         images = pipe.generate_images(
             prompts,
+            layout=layouts,
             steps=args.steps,
             guidance=args.guidance,
             temperature=args.temperature,
@@ -227,28 +274,61 @@ def _run(args, pipe, out: Path, tmp: Path) -> dict:
         for i, (prompt, image) in enumerate(zip(prompts, images)):
             name = f"{i:04d}.png"
             image.save(tmp / name)
-            record["items"].append({"prompt": prompt, "image": name})
+            item = {"prompt": prompt, "image": name}
+            if layouts is not None:
+                item["layout"] = _objects(layouts[i])
+            record["items"].append(item)
         grid_images = images
+        if layouts is not None and args.show_boxes:
+            grid_images = [draw_boxes(im, _boxes(lay), args.scale) for im, lay in zip(images, layouts)]
+            record["boxes_drawn"] = True
+    elif args.command == "ground":
+        _check_files(args.images)
+        phrases = _per_image(args.phrase, args.images, "--phrase")
+        boxes = pipe.ground(args.images, phrases, seed=args.seed)
+        for image, phrase, box in zip(args.images, phrases, boxes):
+            record["items"].append({"image": str(image), "phrase": phrase, "box": [round(v, 2) for v in box]})
+        grid_images = [
+            draw_boxes(pipe.preview(p), [(phrase, box)], args.scale)
+            for p, phrase, box in zip(args.images, phrases, boxes)
+        ]
+        record["boxes_drawn"] = True
+    elif args.command == "caption" and args.grounded:
+        _check_files(args.images)
+        options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed}
+        grounded = pipe.grounded_caption(args.images, **options)
+        for image, found in zip(args.images, grounded):
+            record["items"].append({"image": str(image), "caption": found.text, "objects": _objects(found)})
+        grid_images = [pipe.preview(p) for p in args.images]
+        if args.show_boxes:
+            grid_images = [
+                draw_boxes(im, found.boxes, args.scale) for im, found in zip(grid_images, grounded)
+            ]
+            record["boxes_drawn"] = True
     elif args.command in ("caption", "vqa"):
         _check_files(args.images)
         options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed}
         if args.command == "caption":
             texts = pipe.caption(args.images, **options)
             questions = [None] * len(args.images)
+        elif args.grounded:
+            questions = _per_image(args.question, args.images, "--question")
+            found = pipe.answer(args.images, questions, grounded=True, **options)
+            texts = [f.text for f in found]
         else:
-            questions = args.question * len(args.images) if len(args.question) == 1 else args.question
-            if len(questions) != len(args.images):
-                raise ValueError(
-                    f"{len(args.images)} images but {len(args.question)} --question; "
-                    "give one question for all images or one per image"
-                )
+            questions = _per_image(args.question, args.images, "--question")
             texts = pipe.answer(args.images, questions, **options)
-        for image, question, text in zip(args.images, questions, texts):
+        for n, (image, question, text) in enumerate(zip(args.images, questions, texts)):
             item = {"image": str(image), "question": question, "answer": text}
             if question is None:
                 item = {"image": str(image), "caption": text}
+            elif args.grounded:
+                item["objects"] = _objects(found[n])
             record["items"].append(item)
         grid_images = [pipe.preview(p) for p in args.images]
+        if args.command == "vqa" and args.grounded and args.show_boxes:
+            grid_images = [draw_boxes(im, f.boxes, args.scale) for im, f in zip(grid_images, found)]
+            record["boxes_drawn"] = True
     elif args.command == "text":
         texts = pipe.generate_text(
             args.prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
@@ -279,10 +359,59 @@ def _run(args, pipe, out: Path, tmp: Path) -> dict:
 
     record["seconds"] = round(time.perf_counter() - start, 3)
     if grid_images:
-        image_grid(grid_images, columns=8, scale=args.scale).save(tmp / "grid.png")
+        # Images with boxes drawn on them are upscaled already (draw_boxes), the others here.
+        scale = 1 if record.pop("boxes_drawn", False) else args.scale
+        image_grid(grid_images, columns=8, scale=scale).save(tmp / "grid.png")
         record["grid"] = "grid.png"
     (tmp / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _per_image(values: list[str], images: list[str], flag: str) -> list[str]:
+    """One value for all images, or one per image in order."""
+    if len(values) == 1:
+        return values * len(images)
+    if len(values) != len(images):
+        raise ValueError(
+            f"{len(images)} images but {len(values)} {flag}; give one {flag} for all images or one per image"
+        )
+    return values
+
+
+def _layouts(path: str, prompts: list[str]) -> list:
+    """The layouts of --layout-file, one per prompt."""
+    try:
+        layouts = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ValueError(f"--layout-file {path} cannot be read: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"--layout-file {path} is not JSON: {e}") from e
+    if not isinstance(layouts, list) or len(layouts) != len(prompts):
+        raise ValueError(
+            f"--layout-file {path} must hold a list of {len(prompts)} layouts (one per prompt, --per-prompt "
+            f'included), each a list of {{"name", "box"}}'
+        )
+    return layouts
+
+
+def _layout(entry, n: int, path: str) -> list:
+    """One layout of --layout-file as (name, box) pairs."""
+    from omni.data.objects import read_objects
+
+    try:
+        objects, _ = read_objects({"objects": entry})
+    except ValueError as e:
+        raise ValueError(f"--layout-file {path}, layout {n}: {e}") from e
+    return objects
+
+
+def _boxes(layout) -> list:
+    return layout.boxes if hasattr(layout, "boxes") else list(layout)
+
+
+def _objects(layout) -> list[dict]:
+    """A layout or grounded caption's boxes as results.json records them."""
+    return [{"name": name, "box": [round(v, 2) for v in box]} for name, box in _boxes(layout)]
 
 
 def _interleave(args, pipe, tmp: Path, record: dict) -> list:

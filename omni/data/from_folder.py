@@ -32,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from omni.atomic import write_file_atomically
 from omni.data.images import load_rgb
 from omni.data.loader import IMAGE_EXTENSIONS
+from omni.data.objects import read_objects
 from omni.progress import progress
 
 SHOW_FIRST = 5  # per reason: print the first few skipped files with details, then only count
@@ -52,9 +53,13 @@ Images PIL can open are accepted; png/jpg/jpeg/webp/bmp/tif/tiff are stored as t
 formats (gif, ...) as PNG. Unreadable images, missing or empty captions and missing files are
 skipped and counted; the first few of each kind are printed.
 
+Grounding data (optional): objects with boxes in pixels of the image, in a same-name .json
+beside it (photos/cat.json: {"objects": [{"name": "a cat", "box": [x0, y0, x1, y1]}]}) or in a
+list's `objects` column (a JSON list; in a CSV, its JSON text). Bad boxes skip the image, counted.
+
 output (--out): train-000000.tar, ... [val-000000.tar, ...] and info.json; each sample is
-KEY.<image ext>, KEY.txt (caption) and KEY.json ({"source": path}). Point the tokenizer
-commands at 'DIR/train-*.tar' (and 'DIR/val-*.tar').
+KEY.<image ext>, KEY.txt (caption) and KEY.json ({"source": path}, and "objects" and "image_size"
+where boxes were given). Point the tokenizer commands at 'DIR/train-*.tar' (and 'DIR/val-*.tar').
 """
 
 
@@ -68,6 +73,8 @@ class Item:
     caption: str | None = None
     caption_file: Path | None = None
     problem: tuple[str, str] | None = None  # (reason, detail) known before reading the image
+    objects: object = None  # grounding: the objects with boxes, as given (checked by precheck)
+    objects_file: Path | None = None  # a folder's same-name .json holding them
 
 
 class Skips:
@@ -118,8 +125,8 @@ def list_folder(folder: Path) -> tuple[list[Item], Counter[str]]:
             ext = ext.lower()
             caption = stem + ".txt"
             rel = path.relative_to(folder).as_posix()
-            if ext == ".txt":
-                continue  # captions are found from their image
+            if ext == ".txt" or (ext == ".json" and any(n.startswith(stem + ".") for n in names - {name})):
+                continue  # captions and boxes are found from their image
             if ext not in image_exts:
                 if caption in names:  # captioned, so meant as an image: say why it is not used
                     items.append(Item(len(items), path, rel, problem=("unsupported file type", ext)))
@@ -128,7 +135,8 @@ def list_folder(folder: Path) -> tuple[list[Item], Counter[str]]:
                 continue
             cap = Path(root, caption) if caption in names else None
             problem = None if cap else ("missing caption", f"no {caption} beside it")
-            items.append(Item(len(items), path, rel, caption_file=cap, problem=problem))
+            boxes = Path(root, stem + ".json") if stem + ".json" in names else None
+            items.append(Item(len(items), path, rel, caption_file=cap, problem=problem, objects_file=boxes))
     return items, ignored
 
 
@@ -160,6 +168,7 @@ def _list_item(index: int, listing: Path, row: dict, path_key: str, caption_key:
         item.problem = ("empty caption", f"{caption_key!r} is blank")
     else:
         item.caption = caption
+    item.objects = row.get("objects")  # JSONL: a list; CSV: its JSON text
     return item
 
 
@@ -230,6 +239,23 @@ def precheck(item: Item) -> tuple[str, str] | None:
     item.caption = text
     if not item.path.exists():
         return ("missing file", f"{item.path} does not exist")
+    return _read_boxes(item)
+
+
+def _read_boxes(item: Item) -> tuple[str, str] | None:
+    """Check the item's objects with boxes (a folder's KEY.json, a list's `objects`), keeping them
+    as (name, box) pairs on the item; the problem when they are not usable (None: fine or none)."""
+    raw = item.objects
+    try:
+        if item.objects_file is not None:
+            raw = json.loads(item.objects_file.read_text(encoding="utf-8-sig"))
+            raw = raw.get("objects") if isinstance(raw, dict) else raw
+        elif isinstance(raw, str):
+            raw = json.loads(raw) if raw.strip() else None
+        item.objects = read_objects({"objects": raw})[0] if raw is not None else None
+    except (OSError, ValueError) as e:
+        where = item.objects_file.name if item.objects_file else "objects"
+        return ("bad boxes", f"{where}: {e}"[:300])
     return None
 
 
@@ -262,8 +288,18 @@ def read_item(item: Item, skips: Skips) -> dict | None:
         "__key__": None,  # set by the writer (width depends on the source's size)
         ext: data,
         "txt": text.encode("utf-8"),
-        "json": json.dumps({"source": item.source}, sort_keys=True).encode(),
+        "json": json.dumps(_meta(item, rgb.size), sort_keys=True).encode(),
     }
+
+
+def _meta(item: Item, size: tuple[int, int]) -> dict:
+    """KEY.json of an item: where it came from and, for grounding, its objects with boxes in
+    pixels of the stored image and that image's size (omni.data.objects)."""
+    meta: dict = {"source": item.source}
+    if item.objects:
+        meta["objects"] = [{"name": name, "box": list(box)} for name, box in item.objects]
+        meta["image_size"] = list(size)
+    return meta
 
 
 # ----------------------------------------------------------------------------------------------

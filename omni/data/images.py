@@ -86,3 +86,20 @@ def image_grid(images: list[Image.Image], columns: int = 8, scale: int = 1, padd
         tensors.append(TF.pil_to_tensor(img))
     grid = make_grid(torch.stack(tensors), nrow=max(1, columns), padding=padding, pad_value=128)
     return Image.fromarray(grid.permute(1, 2, 0).numpy())
+
+
+def draw_boxes(image: Image.Image, boxes, scale: int = 1) -> Image.Image:
+    """A copy of `image`, upscaled `scale` times (nearest), with each (label, (x0, y0, x1, y1)) box
+    drawn over it in white, its label above (boxes in pixels of `image`)."""
+    from PIL import ImageDraw
+
+    out = image.convert("RGB")
+    if scale > 1:
+        out = out.resize((out.width * scale, out.height * scale), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(out)
+    for label, (x0, y0, x1, y1) in boxes:
+        rect = [x0 * scale, y0 * scale, max(x0, x1) * scale - 1, max(y0, y1) * scale - 1]
+        draw.rectangle(rect, outline=(255, 255, 255))
+        if label:
+            draw.text((rect[0] + 1, max(0, rect[1] - 11)), label, fill=(255, 255, 255))
+    return out

@@ -40,14 +40,26 @@ from omni.data.codes import npy_to_codes
 from omni.data.dialogue import is_dialogue, parse_conversation, tokenized
 from omni.data.images import load_rgb, to_tensor
 from omni.data.loader import IMAGE_EXTENSIONS, ShardDataset, ShardLoader, checked_caption
+from omni.data.objects import read_objects
 from omni.data.shards import expand_shards
-from omni.grammar import IGNORE, TASKS, Document, Grammar, Placed, lay_out
+from omni.grammar import GROUNDED_TASKS, IGNORE, TASKS, Document, Grammar, Placed, lay_out
+from omni.grounding import (
+    box_ids,
+    grounded_caption_parts,
+    grounded_ids,
+    layout_parts,
+    phrase_text,
+    resized_box,
+)
 from omni.vocab import Vocab
 
 
 def cosine_mask_count(n: int, rng: random.Random) -> int:
     """How many of n image tokens to mask: n * cos(pi/2 * u), u ~ U[0, 1), at least 1 (MaskGIT)."""
     return max(1, math.ceil(n * math.cos(math.pi / 2 * rng.random())))
+
+
+READ_GROUNDED = ("gcap", "ground", "region", "gvqa")  # grounded tasks that read an image
 
 
 @dataclass
@@ -60,9 +72,19 @@ class TaskBuilder:
     caption_dropout: float = 0.1
     read_resolution: int = 0
     """Pixels per side of the images an understanding encoder reads (0: images are read as codes)."""
+    resolution: int = 0
+    """Pixels per side of the images the codes encode (the VQ's): the frame of grounded boxes."""
+    text_first: bool = False
+    """Questions before the image they ask about (omni.grammar)."""
+    questions_per_image: int = 1
+    """Questions a vqa, gvqa, ground or region document asks about its image, each answered
+    before the next (omni.grammar follow-ups); 1: one question per document."""
+    grounding_min_objects: int = 1
+    """The grounded tasks that read an image (READ_GROUNDED) serve only images with at least
+    this many objects: with one, the box needs no name (a shortcut that stalls binding)."""
 
     def __post_init__(self):
-        self.grammar = Grammar(self.vocab)
+        self.grammar = Grammar(self.vocab, self.text_first)
 
     def build(self, sample: dict, task: str, rng: random.Random) -> Document | None:
         """The document of `task` for a decoded sample; None when the sample has no data for it
@@ -85,6 +107,8 @@ class TaskBuilder:
             start, end = doc.image
             masked = rng.sample(range(start, end), cosine_mask_count(end - start, rng))
             return doc.masked(masked, self.vocab.special("mask"))
+        if task in GROUNDED_TASKS:
+            return self._grounded(sample, task, rng)
         pixels = sample.get("pixels") if self.read_resolution else None
         if task == "caption":
             return self.grammar.document(
@@ -95,12 +119,92 @@ class TaskBuilder:
         if task == "vqa":
             if not sample["qa"]:
                 return None
-            pair = rng.choice(sample["qa"])
-            question, answer = encode(pair["question"]), encode(pair["answer"])
+            asked = [
+                {"question": encode(p["question"]), "answer": encode(p["answer"])}
+                for p in self._pick(sample["qa"], rng)
+            ]
             return self.grammar.document(
-                "vqa", key, image=codes, question=question, answer=answer, pixels=pixels
+                "vqa", key, image=codes, pixels=pixels, follow_ups=asked[1:], **asked[0]
             )
         raise ValueError(f"unknown task {task!r}; tasks: {TASKS}")
+
+    def serves(self, sample: dict, task: str) -> bool:
+        """Whether `task` may be drawn for `sample` (see `grounding_min_objects`)."""
+        if task not in READ_GROUNDED or self.grounding_min_objects <= 1:
+            return True
+        return len(sample.get("objects", ())) >= self.grounding_min_objects
+
+    def _pick(self, items: list, rng: random.Random) -> list:
+        """Up to `questions_per_image` of `items` in a random order (one: a random one)."""
+        return rng.sample(items, min(self.questions_per_image, len(items)))
+
+    def objects(self, sample: dict) -> list[tuple[str, tuple[float, ...]]]:
+        """The sample's objects with their boxes moved into the frame of its codes (VQ pixels)."""
+        res, size = self.resolution, sample.get("image_size") or (self.resolution, self.resolution)
+        moved = [(name, resized_box(box, size, res)) for name, box in sample.get("objects", [])]
+        return [(name, box) for name, box in moved if box is not None]
+
+    def _grounded(self, sample: dict, task: str, rng: random.Random) -> Document | None:
+        """A grounded document (omni.grammar: gcap, ground, region, plan, gvqa); None without objects
+        (gvqa: without questions)."""
+        if not self.resolution:
+            raise ValueError("grounded tasks need the images' resolution (TaskBuilder.resolution: the VQ's)")
+        objects = self.objects(sample)
+        if not objects:
+            return None
+        key, codes, encode, grammar = sample["key"], sample["codes"], self.tokenizer.encode, self.grammar
+        frame = (self.resolution, self.resolution)
+
+        def ids(parts) -> list[int]:
+            return grounded_ids(self.vocab, encode, parts, frame)
+
+        if task == "gcap":
+            parts = grounded_caption_parts(sample["text"], objects)
+            return None if parts is None else grammar.document("gcap", key, image=codes, caption=ids(parts))
+        if task == "gvqa":
+            # The objects the question names, with their boxes, in the order named (none for a
+            # question that names none), then the answer.
+            if not sample["qa"]:
+                return None
+            asked = []
+            for pair in self._pick(sample["qa"], rng):
+                mentioned = [(n, b) for n, b in objects if n.lower() in pair["question"].lower()]
+                parts = grounded_caption_parts(pair["question"], mentioned) or []
+                boxes = [b for b in parts[1::2] if isinstance(b, tuple)]
+                chain = [next((n, x) for n, x in mentioned if x == b) for b in boxes]
+                asked.append(
+                    {
+                        "question": encode(pair["question"]),
+                        "objects": ids(layout_parts(chain)),
+                        "answer": encode(pair["answer"]),
+                    }
+                )
+            return grammar.document("gvqa", key, image=codes, follow_ups=asked[1:], **asked[0])
+        if task in ("ground", "region"):
+            names = [name for name, _ in objects]
+            unique = [(n, b) for n, b in objects if names.count(n) == 1]  # a phrase must name one box
+            if not unique:
+                return None
+            asked = [
+                {"phrase": encode(phrase_text(n)), "box": box_ids(self.vocab, b, frame)}
+                for n, b in self._pick(unique, rng)
+            ]
+            return grammar.document(task, key, image=codes, follow_ups=asked[1:], **asked[0])
+        # plan: the caption, then the layout in the caption's order of mention, then the image
+        mentioned = grounded_caption_parts(sample["text"], objects)
+        order = [(p, b) for p, b in zip(mentioned[::2], mentioned[1::2])] if mentioned else []
+        named = [(next(n for n, bx in objects if bx == b), b) for _, b in order] if order else objects
+        caption = [] if rng.random() < self.caption_dropout else encode(sample["text"])
+        ar = self.image_generation == "ar"
+        doc = grammar.document(
+            "plan", key, causal_image=ar, caption=caption, layout=ids(layout_parts(named)), image=codes
+        )
+        if ar:
+            return doc
+        start, end = doc.image
+        return doc.masked(
+            rng.sample(range(start, end), cosine_mask_count(end - start, rng)), self.vocab.special("mask")
+        )
 
 
 def decode_code_sample(
@@ -142,6 +246,10 @@ def decode_code_sample(
     qa = meta.get("qa", []) if isinstance(meta, dict) else []
     qa = [p for p in qa if isinstance(p, dict) and p.get("question") and p.get("answer")]
     out = {"codes": codes, "text": text, "qa": qa, "key": key}
+    try:
+        out["objects"], out["image_size"] = read_objects(meta)
+    except ValueError as e:  # the sample still serves the tasks that need no boxes
+        skips.skip("bad objects in json", where, str(e))
     if read_resolution:
         ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
         if ext is None:
@@ -273,7 +381,8 @@ def pack_stage(
         if "turns" in sample:
             chosen = ["chat"] if chat else []
         else:
-            chosen = tasks if every_task else rng.choices(tasks, weights) if tasks else []
+            pool = [(t, w) for t, w in zip(tasks, weights) if builder.serves(sample, t)]
+            chosen = tasks if every_task else rng.choices(*zip(*pool)) if pool else []
         if not chosen:
             skips.skip(
                 "no task for the sample", sample["key"], "data.ratios gives this kind of sample no task"
@@ -282,7 +391,12 @@ def pack_stage(
         for task in chosen:
             doc = builder.build(sample, task, rng)
             if doc is None:
-                skips.skip(f"no data for task {task}", sample["key"], "no question-answer pairs in KEY.json")
+                missing = (
+                    "objects with boxes"
+                    if task in GROUNDED_TASKS and task != "gvqa"
+                    else "question-answer pairs"
+                )
+                skips.skip(f"no data for task {task}", sample["key"], f"no {missing} in KEY.json")
                 continue
             if len(doc) > seq_len:
                 skips.skip("over-long document", sample["key"], f"{len(doc)} tokens > seq_len {seq_len}")

@@ -32,9 +32,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from omni.grounding import Grounded, iou
 from omni.progress import progress as progress_counter
 from omni.shapes.analyzer import check_answer, evaluate_shards, find_objects, match_scene, score_caption
-from omni.shapes.scenes import Scene, question_kind
+from omni.shapes.scenes import COLORS, SHAPES, Scene, ShapeObject, question_kind
 
 
 def validation_samples(pattern: str, n: int) -> list[dict]:
@@ -181,8 +182,97 @@ def benchmark_model(
         report["vqa_by_question"] = by_question_kind(hits, [qa["question"] for _, qa in pairs])
         report["vqa_questions"] = len(pairs)
 
+    if "gvqa" in tasks:
+        pairs = [(s, qa) for s in samples for qa in s["qa"]]
+        hits = []
+        with bar(len(pairs), "grounded VQA") as b:
+            for chunk in _batches(pairs, batch_size):
+                found = pipe.answer(
+                    [s["image"] for s, _ in chunk], [qa["question"] for _, qa in chunk], grounded=True
+                )
+                for (_, qa), answer in zip(chunk, found):
+                    hits.append(check_answer(answer.text, qa["answer"]))
+                    if len(shown.setdefault("gvqa", [])) < examples:
+                        shown["gvqa"].append(
+                            {"question": qa["question"], "expected": qa["answer"], "answer": answer.text,
+                             "objects": answer.to_dict()["objects"], "ok": hits[-1]}
+                        )  # fmt: skip
+                b.update(len(chunk))
+        report |= _split(hits, [s for s, _ in pairs], "vqa_grounded_accuracy")
+        report["vqa_grounded_by_question"] = by_question_kind(hits, [qa["question"] for _, qa in pairs])
+
+    if "plan" in tasks:
+        hits, plans, plan_reasons, reasons = [], [], [], []
+        with bar(len(samples), "layout-first text-to-image") as b:
+            for i, chunk in enumerate(_batches(samples, batch_size)):
+                layouts = pipe.plan([s["caption"] for s in chunk], seed=seed + i)
+                images = pipe.generate_images([s["caption"] for s in chunk], layout=layouts, seed=seed + i)
+                for s, layout, image in zip(chunk, layouts, images):
+                    planned = match_scene(s["scene"], layout_objects(layout, pipe.frame))
+                    result = match_scene(s["scene"], find_objects(image))
+                    plans.append(bool(planned))
+                    plan_reasons.append(planned.reason)
+                    hits.append(bool(result))
+                    reasons.append(result.reason)
+                    if len(shown.setdefault("plan", [])) < examples:
+                        shown["plan"].append(
+                            {"prompt": s["caption"], "layout": layout.to_dict(), "plan_ok": bool(planned),
+                             "ok": bool(result), "why": result.reason or planned.reason}
+                        )  # fmt: skip
+                b.update(len(chunk))
+        report |= _split(hits, samples, "t2i_plan_accuracy")
+        report |= _split(plans, samples, "plan_accuracy")
+        report["t2i_plan_failures"] = failure_counts(reasons)
+        report["plan_failures"] = failure_counts(plan_reasons)
+
+    if "ground" in tasks:
+        cases = [(s, o) for s in samples for o in s["scene"].objects if _unique_name(o, s["scene"])]
+        ious = []
+        with bar(len(cases), "grounding") as b:
+            for chunk in _batches(cases, batch_size):
+                boxes = pipe.ground([s["image"] for s, _ in chunk], [o.name for _, o in chunk], seed=seed)
+                for (s, o), box in zip(chunk, boxes):
+                    truth = object_box(o, s["image"].width)
+                    ious.append(iou(box, truth))
+                    if len(shown.setdefault("ground", [])) < examples:
+                        shown["ground"].append(
+                            {
+                                "phrase": o.name,
+                                "box": [round(v, 1) for v in box],
+                                "truth": truth,
+                                "iou": ious[-1],
+                            }
+                        )
+                b.update(len(chunk))
+        report |= _split([v >= 0.5 for v in ious], [s for s, _ in cases], "grounding_accuracy")
+        report["grounding_iou"] = sum(ious) / max(len(ious), 1)
+        report["grounding_cases"] = len(cases)
+
     report["examples"] = shown
     return report
+
+
+def _unique_name(obj: ShapeObject, scene: Scene) -> bool:
+    return sum(o.name == obj.name for o in scene.objects) == 1
+
+
+def object_box(obj: ShapeObject, side: int) -> tuple[float, float, float, float]:
+    """A scene object's box (x0, y0, x1, y1) in pixels of an image of `side` pixels."""
+    h = obj.size / 2
+    return ((obj.x - h) * side, (obj.y - h) * side, (obj.x + h) * side, (obj.y + h) * side)
+
+
+def layout_objects(layout: Grounded, frame: tuple[int, int]) -> list[ShapeObject]:
+    """A planned layout's objects as the analyzer's: the shapes name in each phrase, placed at its
+    box (a phrase that names no shapes object becomes an "unknown" one, which never matches)."""
+    out = []
+    for phrase, (x0, y0, x1, y1) in layout.boxes:
+        words = phrase.lower().split()
+        color = next((w for w in words if w in COLORS), "unknown")
+        shape = next((w for w in words if w in SHAPES), "unknown")
+        w, h = frame
+        out.append(ShapeObject(color, shape, x=(x0 + x1) / 2 / w, y=(y0 + y1) / 2 / h, size=(x1 - x0) / w))
+    return out
 
 
 def validation_dialogues(pattern: str, n: int) -> list[dict]:
@@ -287,6 +377,17 @@ def benchmark_dialogues(
     return report
 
 
+BASE_TASKS = ("t2i", "caption", "vqa")
+GROUNDED_TASKS = ("plan", "ground", "gvqa")  # a grounded model's (omni.vocab: location tokens)
+ALL_TASKS = (*BASE_TASKS, *GROUNDED_TASKS, "dialogue")
+
+
+def default_tasks(pipe) -> tuple[str, ...]:
+    """What a model is benchmarked on by default: t2i, caption, vqa, and plan and ground when it
+    was trained with grounding."""
+    return BASE_TASKS + (GROUNDED_TASKS if pipe.vocab.location_bins else ())
+
+
 @torch.no_grad()
 def run(
     model: str, shards: str, n: int, device: str = "cpu", generation: dict | None = None, **options
@@ -298,7 +399,7 @@ def run(
 
     pipe = load_pretrained(model, device=device)
     pipe.generation.update(check_generation(dict(generation or {}), "benchmark"))
-    tasks = options.pop("tasks", ("t2i", "caption", "vqa"))
+    tasks = options.pop("tasks", None) or default_tasks(pipe)
     dialogues = options.pop("dialogues", "data/shapes-chat/val-*.tar")
     report: dict = {"model": model}
     if set(tasks) - {"dialogue"}:
@@ -325,8 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=500, help="--model: validation samples to use (default 500)")
     parser.add_argument(
         "--tasks",
-        default="t2i,caption,vqa",
-        help="--model: comma-separated subset of t2i,caption,vqa,dialogue (default t2i,caption,vqa)",
+        help="--model: comma-separated subset of t2i,caption,vqa,plan,ground,gvqa,dialogue (default t2i,"
+        "caption,vqa, and plan,ground,gvqa for a grounded model: layout-first text-to-image, referring "
+        "expressions, answers that find the named objects first)",
     )
     parser.add_argument(
         "--dialogues",
@@ -354,11 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model is None and args.shards is None:
         parser.error("give --model FOLDER (benchmark a model) or --shards PATTERN (analyzer self-check)")
     if args.model is not None:
-        tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-        unknown = set(tasks) - {"t2i", "caption", "vqa", "dialogue"}
-        if unknown or not tasks or args.n < 1 or args.batch_size < 1:
+        tasks = tuple(t.strip() for t in (args.tasks or "").split(",") if t.strip()) or None
+        unknown = set(tasks or ()) - set(ALL_TASKS)
+        if unknown or (args.tasks is not None and not tasks) or args.n < 1 or args.batch_size < 1:
             parser.error(
-                f"--tasks takes t2i,caption,vqa,dialogue (got {args.tasks!r}); --n and --batch-size must be >= 1"
+                f"--tasks takes {','.join(ALL_TASKS)} (got {args.tasks!r}); --n and --batch-size must be >= 1"
             )
         # A bad model folder (ModelFolderError, a ValueError) is reported below as one line.
         report = run(

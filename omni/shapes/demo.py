@@ -124,8 +124,11 @@ def record_run(name: str) -> None:
 # Benchmark keys copied into the summary, in the order the table prints them.
 SUMMARY_KEYS = (
     "t2i_accuracy", "t2i_accuracy_one", "t2i_accuracy_two", "t2i_accuracy_heldout",
+    "t2i_plan_accuracy", "t2i_plan_accuracy_one", "t2i_plan_accuracy_two", "t2i_plan_accuracy_heldout",
+    "plan_accuracy", "plan_accuracy_two",
     "caption_accuracy", "caption_accuracy_one", "caption_accuracy_two", "caption_accuracy_heldout",
-    "vqa_accuracy", "vqa_accuracy_heldout", "images_per_second", "captions_per_second",
+    "vqa_accuracy", "vqa_accuracy_heldout", "vqa_relation_accuracy", "vqa_grounded_relation_accuracy",
+    "grounding_accuracy", "grounding_iou", "images_per_second", "captions_per_second",
 )  # fmt: skip
 
 
@@ -198,7 +201,14 @@ def summarize(minutes: dict[str, float], seed: int | None = None) -> dict:
     bench_path, vq_path = DEMO / "benchmark.json", DEMO / "vq.json"
     if bench_path.is_file():
         bench = json.loads(bench_path.read_text())
-        summary |= {k: bench.get(k) for k in SUMMARY_KEYS}
+        # The relation questions' accuracy (the binding figure), plain and through boxes.
+        for key, by_kind in (
+            ("vqa_relation_accuracy", "vqa_by_question"),
+            ("vqa_grounded_relation_accuracy", "vqa_grounded_by_question"),
+        ):
+            if "relation" in bench.get(by_kind, {}):
+                bench[key] = bench[by_kind]["relation"]
+        summary |= {k: bench.get(k) for k in SUMMARY_KEYS if bench.get(k) is not None}
         summary["benchmark_samples"] = bench.get("n")
     if vq_path.is_file():
         vq = json.loads(vq_path.read_text())

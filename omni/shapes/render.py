@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from omni.data.objects import scene_objects
 from omni.progress import progress as progress_counter
 from omni.shapes.scenes import (
     COLORS,
@@ -55,6 +56,14 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, f
         draw.ellipse(box, fill=fill)
     else:
         draw.polygon(poly, fill=fill)
+
+
+def objects_json(scene: Scene, size: int) -> list[dict]:
+    """The scene's objects as KEY.json's `objects`: name and box (x0, y0, x1, y1) in pixels."""
+    return [
+        {"name": name, "box": [round(v, 3) for v in box]}
+        for name, box in scene_objects(scene.to_dict(), size)
+    ]
 
 
 def render(scene: Scene, size: int) -> Image.Image:
@@ -122,6 +131,8 @@ def write_split(
             for i in range(start, min(start + per_shard, count)):
                 scene, text, qa, png, held = make_sample(seed, split, i, size, holdout, two_object_fraction)
                 meta = {"scene": scene.to_dict(), "qa": qa, "heldout": held}
+                # Every object's box in pixels (omni.data.objects): grounded tasks read them.
+                meta |= {"objects": objects_json(scene, size), "image_size": [size, size]}
                 sink.write(
                     {
                         "__key__": f"{i:09d}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -62,10 +63,12 @@ def encode_shard(
                 counts["skipped: missing image"] += 1
                 continue
             try:
-                images = [to_tensor(load_rgb(sample[ext]), res) for ext in exts]
+                rgb = [load_rgb(sample[ext]) for ext in exts]
+                images = [to_tensor(image, res) for image in rgb]
             except Exception:  # undecodable bytes must not stop a long encoding run
                 counts["skipped: undecodable image"] += 1
                 continue
+            sample = with_image_size(sample, rgb[0].size)
             pending.append((sample, exts, images))
             if sum(len(imgs) for _, _, imgs in pending) >= batch_size:
                 flush(sink)
@@ -73,3 +76,19 @@ def encode_shard(
             flush(sink)
     os.replace(tmp, dst)
     return counts
+
+
+def with_image_size(sample: dict, size: tuple[int, int]) -> dict:
+    """The sample, its KEY.json given the image's (width, height) as "image_size" where it has
+    objects with boxes and no size yet: the codes are of the image resized and cropped to the
+    VQ's resolution, and the boxes are moved with it when they are read (omni.data.objects)."""
+    raw = sample.get("json")
+    if raw is None or b'"objects"' not in raw:
+        return sample
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return sample  # counted where it is read
+    if not isinstance(meta, dict) or "objects" not in meta or "image_size" in meta:
+        return sample
+    return sample | {"json": json.dumps(meta | {"image_size": list(size)}).encode()}

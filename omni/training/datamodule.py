@@ -14,6 +14,7 @@ from omni.checks import check_numbers
 from omni.data.codes import check_code_shards, code_shard_keeps_images
 from omni.data.packing import TaskBuilder, task_loader
 from omni.data.shards import expand_shards, is_remote
+from omni.grammar import GROUNDED_TASKS
 from omni.model import ModelConfig
 
 
@@ -31,7 +32,18 @@ class OmniDataModule(L.LightningDataModule):
         batches_per_epoch: batches per epoch and rank (the stream is endless).
         val_batches: validation batches (each sample yields one document of every task).
         ratios: task mixing ratios over t2i, caption, vqa, lm; `chat` > 0 trains the conversations
-            of dialogue samples (and adds their token to the vocabulary).
+            of dialogue samples (and adds their token to the vocabulary); gcap, ground, region and
+            plan are the grounded tasks (omni.grammar), trained on the samples whose KEY.json has
+            objects with boxes (and add location tokens to the vocabulary).
+        location_bins: location tokens per axis when a grounded task has a ratio > 0: a box's
+            corners are told to 1 / location_bins of the image side (omni.grounding).
+        questions_per_image: questions one vqa, gvqa, ground or region document asks about its
+            image, each answered before the next (as a multi-turn conversation): the image, most
+            of such a document's tokens, then serves several answers.
+        grounding_min_objects: the grounded tasks that read an image (gcap, ground, region, gvqa)
+            draw only from images with at least this many objects (the others draw among the other
+            tasks). With one object its box needs no name: a shortcut that holds back learning
+            which name is which object (docs/experiments.md, "Grounding").
         caption_dropout: probability of an empty t2i caption (for classifier-free guidance).
         num_workers: loader worker processes.
         shuffle_buffer: samples in the shuffle buffer.
@@ -55,6 +67,9 @@ class OmniDataModule(L.LightningDataModule):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         max_caption_chars: int = 2048,
+        location_bins: int = 32,
+        questions_per_image: int = 1,
+        grounding_min_objects: int = 1,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -70,17 +85,27 @@ class OmniDataModule(L.LightningDataModule):
                 "num_workers": dict(at_least=0, integer=True),
                 "shuffle_buffer": dict(at_least=0, integer=True),
                 "max_caption_chars": dict(at_least=1, integer=True),
+                "location_bins": dict(at_least=2, integer=True),
+                "questions_per_image": dict(at_least=1, integer=True),
+                "grounding_min_objects": dict(at_least=1, integer=True),
             },
         )
         # Fails now, not after validation: a pattern that matches nothing, or shards that another
         # VQ encoded (codes of two tokenizers mean different things). One check: one VQ hash.
         self.ratios = ratios or {"t2i": 0.4, "caption": 0.3, "vqa": 0.2, "lm": 0.1}
         # Handed to the model by `omni train` (a link); conversations add their token to the vocabulary.
-        self.assets = Assets.load(tokenizer, vq, conversations=self.ratios.get("chat", 0) > 0)
+        grounded = any(self.ratios.get(task, 0) > 0 for task in GROUNDED_TASKS)
+        self.assets = Assets.load(
+            tokenizer,
+            vq,
+            conversations=self.ratios.get("chat", 0) > 0,
+            locations=location_bins if grounded else 0,
+        )
         urls = [u for p in (train_shards, val_shards) if p for u in expand_shards(p)]
         codebook_size = self.assets.vq_config.codebook_size
         check_code_shards(urls, vq, fingerprint=self.assets.fingerprint, codebook_size=codebook_size)
         self.image_generation: str | None = None  # the model's, when connected
+        self.text_first = False  # the model's, when connected
         self.read_resolution = 0  # the model's understanding encoder's, when connected
         self.train_loader = self.val_loader = None
 
@@ -93,6 +118,7 @@ class OmniDataModule(L.LightningDataModule):
                 f"data.seq_len {self.hparams.seq_len} exceeds model.transformer.max_seq_len {config.max_seq_len}"
             )
         self.image_generation = config.image_generation
+        self.text_first = config.text_first
         self.read_resolution = config.encoder.image_size if config.understanding == "encoder" else 0
         if self.read_resolution:
             # Fails now, not after 10,000 skipped samples: shards encoded without their images.
@@ -115,7 +141,15 @@ class OmniDataModule(L.LightningDataModule):
             )
         dropout = h.caption_dropout if caption_dropout is None else caption_dropout
         return TaskBuilder(
-            self.assets.vocab, self.assets.tokenizer, self.image_generation, dropout, self.read_resolution
+            self.assets.vocab,
+            self.assets.tokenizer,
+            self.image_generation,
+            dropout,
+            self.read_resolution,
+            resolution=self.assets.vq_config.resolution,
+            text_first=self.text_first,
+            questions_per_image=self.hparams.questions_per_image,
+            grounding_min_objects=self.hparams.grounding_min_objects,
         )
 
     def _loader(self, shards: str, train: bool):

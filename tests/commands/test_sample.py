@@ -195,3 +195,74 @@ def test_interleave_writes_each_samples_parts_in_order(tiny_releases, tmp_path, 
     # chat needs a model tuned on conversations; this one says so (tests/training/test_sft.py chats)
     assert run("chat", "--model", tiny_releases["ar"], "--out", tmp_path / "k", "draw a red circle") == 2
     assert "not trained on conversations" in capsys.readouterr().err
+
+
+def test_grounded_commands_record_boxes_and_layouts(tiny_releases, tmp_path, capsys):
+    """ground, caption --grounded and t2i --layout plan | --layout-file on a grounded release:
+    results.json records the boxes and layouts (in the model's 32 px frame); --show-boxes draws
+    them on the grid. A model without grounding says so in one line."""
+    model = tiny_releases["grounded"]
+    image = tmp_path / "in.png"
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(image)
+    assert run("ground", "--model", model, "--out", tmp_path / "g", image, "--phrase", "red circle") == 0
+    (item,) = results(tmp_path / "g")["items"]
+    x0, y0, x1, y1 = item["box"]
+    assert item["phrase"] == "red circle" and 0 <= x0 <= x1 <= 32 and 0 <= y0 <= y1 <= 32
+    assert Image.open(tmp_path / "g" / "grid.png").width >= 32 * 4  # upscaled with its box
+
+    out = tmp_path / "c"
+    assert (
+        run(
+            "caption",
+            "--model",
+            model,
+            "--out",
+            out,
+            image,
+            "--grounded",
+            "--show-boxes",
+            "--max-new-tokens",
+            "9",
+        )
+        == 0
+    )
+    (item,) = results(out)["items"]
+    assert isinstance(item["caption"], str) and isinstance(item["objects"], list)
+
+    out = tmp_path / "v"
+    assert (
+        run(
+            "vqa",
+            "--model",
+            model,
+            "--out",
+            out,
+            image,
+            "--question",
+            "is there a red circle?",
+            "--grounded",
+            "--show-boxes",
+        )
+        == 0
+    )
+    (item,) = results(out)["items"]
+    assert isinstance(item["answer"], str) and isinstance(item["objects"], list)
+
+    assert run("t2i", "--model", model, "--out", tmp_path / "p", "a red circle", "--layout", "plan") == 0
+    (item,) = results(tmp_path / "p")["items"]
+    assert isinstance(item["layout"], list) and (tmp_path / "p" / item["image"]).is_file()
+    layouts = tmp_path / "layouts.json"
+    layouts.write_text(json.dumps([[{"name": "red circle", "box": [2, 10, 12, 20]}]] * 2))
+    assert run("t2i", "--model", model, "--out", tmp_path / "l", "a red circle", "--per-prompt", "2",
+               "--layout-file", layouts, "--show-boxes") == 0  # fmt: skip
+    items = results(tmp_path / "l")["items"]
+    assert [i["layout"] for i in items] == [[{"name": "red circle", "box": [2.0, 10.0, 12.0, 20.0]}]] * 2
+    layouts.write_text(json.dumps([[{"name": "red circle", "box": [12, 10, 2, 20]}]]))
+    assert (
+        run("t2i", "--model", model, "--out", tmp_path / "l", "a red circle", "--layout-file", layouts) == 2
+    )
+    assert "layout 0" in capsys.readouterr().err
+    assert (
+        run("ground", "--model", tiny_releases["ar"], "--out", tmp_path / "x", image, "--phrase", "red") == 2
+    )
+    assert "not trained with grounding" in capsys.readouterr().err

@@ -291,3 +291,40 @@ def test_help_explains_the_layouts(capsys):
     assert text.startswith("usage: omni data from-folder")
     for words in ("same-name caption", "FILE.csv", "FILE.jsonl", "--overwrite", "--val-fraction"):
         assert words in text
+
+
+def test_boxes_beside_images_become_grounding_data_in_the_code_frame(tmp_path):
+    """Objects with boxes (a folder's same-name .json, a JSONL `objects` list, a CSV's JSON text)
+    reach KEY.json with the image's size; training moves them with the image to the VQ's frame;
+    bad boxes skip the image, counted."""
+    from omni.data.objects import read_objects
+    from omni.grounding import resized_box
+
+    src = tmp_path / "photos"
+    captioned(src, "cat.png", "a cat", 1)
+    (src / "cat.json").write_text(json.dumps({"objects": [{"name": "a cat", "box": [1, 2, 5, 7]}]}))
+    captioned(src, "dog.png", "a dog", 2)
+    (src / "dog.json").write_text(
+        json.dumps({"objects": [{"name": "a dog", "box": [5, 0, 1, 3]}]})
+    )  # x1 < x0
+    captioned(src, "plain.png", "no boxes", 3)
+    info = write_shards(src, tmp_path / "out")
+    assert info["counts"]["train"] == 2 and info["skipped"] == {"bad boxes": 1}
+    samples = by_source(str(tmp_path / "out" / "train-*.tar"))
+    meta = json.loads(samples["cat.png"]["json"])
+    assert read_objects(meta) == ([("a cat", (1.0, 2.0, 5.0, 7.0))], (8, 8))
+    assert "objects" not in json.loads(samples["plain.png"]["json"])
+    assert resized_box(meta["objects"][0]["box"], tuple(meta["image_size"]), 32) == (4.0, 8.0, 20.0, 28.0)
+
+    make_image(tmp_path / "set" / "x.png", 4)
+    rows = [{"path": "x.png", "caption": "an x", "objects": [{"name": "x", "box": [0, 0, 4, 4]}]}]
+    (tmp_path / "set" / "list.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    write_shards(tmp_path / "set" / "list.jsonl", tmp_path / "out2")
+    (sample,) = by_source(str(tmp_path / "out2" / "train-*.tar")).values()
+    assert json.loads(sample["json"])["objects"] == [{"name": "x", "box": [0.0, 0.0, 4.0, 4.0]}]
+    (tmp_path / "set" / "list.csv").write_text(
+        'path,caption,objects\nx.png,an x,"[{""name"": ""x"", ""box"": [0, 0, 2, 2]}]"\n'
+    )
+    write_shards(tmp_path / "set" / "list.csv", tmp_path / "out3")
+    (sample,) = by_source(str(tmp_path / "out3" / "train-*.tar")).values()
+    assert json.loads(sample["json"])["objects"][0]["box"] == [0.0, 0.0, 2.0, 2.0]

@@ -89,8 +89,13 @@ def test_odd_image_modes_decode_to_rgb(messy_shard):
 
 @pytest.mark.parametrize("cut_at_block", [False, True])
 def test_truncated_tar_keeps_what_was_readable(shapes_dir, tmp_path, caplog, cut_at_block):
+    import tarfile
+
     data = (shapes_dir / "train-000000.tar").read_bytes()
-    end = len(data) // 2 // 512 * 512 + (0 if cut_at_block else 700)
+    with tarfile.open(shapes_dir / "train-000000.tar") as tar:
+        # the first member past the middle: cut at its header (a block boundary) or inside its data
+        member = next(m for m in tar.getmembers() if m.offset >= len(data) // 2 and m.size > 64)
+    end = member.offset if cut_at_block else member.offset_data + member.size // 2
     cut = tmp_path / "cut-000000.tar"
     cut.write_bytes(data[:end])
     loader = image_text_loader(str(cut), batch_size=10, shuffle_buffer=0, resampled=False)

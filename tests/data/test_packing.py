@@ -268,3 +268,90 @@ def _doc_tasks(batch) -> list[int]:
             if len(t):
                 tasks.append(int(t[0]))
     return tasks
+
+
+@pytest.mark.parametrize("mode", ["ar", "mask"])
+def test_grounded_tasks_come_from_the_objects_of_code_shards(model_assets, mode):
+    """The shapes shards' objects (KEY.json boxes, carried into the code shards) give grounded
+    captions, referring expressions, region names and layout-first documents, each with its
+    targets where the grammar puts them; the boxes are the objects' own (within half a bin)."""
+    from omni.data.loader import SkipCounter
+    from omni.data.packing import decode_code_sample
+    from omni.data.shards import iterate_samples
+    from omni.grounding import ids_box, iou, parse_grounded
+
+    tok = TextTokenizer.from_file(model_assets.tokenizer)
+    vocab = Vocab.build(tok, codebook_size=64, locations=32)
+    builder = TaskBuilder(vocab, tok, mode, caption_dropout=0.0, resolution=32)
+    raw = next(
+        s for s in iterate_samples(str(model_assets.codes / "val-*.tar")) if b'"relation": "' in s["json"]
+    )
+    sample = decode_code_sample(raw, SkipCounter())
+    objects = builder.objects(sample)
+    assert len(objects) == 2
+    rng = random.Random(0)
+    gcap = builder.build(sample, "gcap", rng)
+    learnt = [t for t in gcap.targets if t != IGNORE][:-1]  # the grounded caption, without <eos>
+    read = parse_grounded(vocab, tok.decode, learnt, (32, 32))
+    assert read.text == " ".join(sample["text"].split()) and len(read.boxes) == 2
+    for (phrase, box), (name, truth) in zip(
+        read.boxes, sorted(objects, key=lambda o: sample["text"].find(o[0]))
+    ):
+        assert phrase.endswith(name) and iou(box, truth) > 0.8
+    ground = builder.build(sample, "ground", rng)
+    box = [t for t in ground.targets if t != IGNORE][:4]
+    phrase = tok.decode(
+        ground.tokens[
+            ground.tokens.index(vocab.special("bos")) + 1 : ground.tokens.index(vocab.special("sep"))
+        ]
+    )
+    assert iou(ids_box(vocab, box, (32, 32)), dict(objects)[phrase.strip()]) > 0.8
+    plan = builder.build(sample, "plan", rng)
+    start, end = plan.image
+    assert plan.tokens[start - 1] == vocab.special("boi") and end - start == len(sample["codes"])
+    layout_end = plan.tokens.index(vocab.special("eos"), plan.tokens.index(vocab.special("sep")))
+    assert all(t != IGNORE for t in plan.targets[plan.tokens.index(vocab.special("sep")) : layout_end])
+    if mode == "mask":
+        assert vocab.special("mask") in plan.tokens[start:end]
+    # A sample without objects has no grounded document
+    assert builder.build(sample | {"objects": []}, "gcap", rng) is None
+
+
+def test_grounded_tasks_that_read_an_image_can_skip_single_object_images(model_assets):
+    """With grounding_min_objects=2, an image with one object (whose box needs no name) never
+    becomes a gcap/ground/region/gvqa document; it draws among the other tasks (plan included),
+    and two-object images still serve every task."""
+    import numpy as np
+
+    from omni.data.loader import SkipCounter
+    from omni.data.packing import READ_GROUNDED, pack_stage
+
+    tok = TextTokenizer.from_file(model_assets.tokenizer)
+    vocab = Vocab.build(tok, codebook_size=64, locations=16)
+    qa = [{"question": "what color is the circle?", "answer": "red"}]
+    one = {"codes": np.arange(64), "text": "a red circle", "qa": qa, "key": "one",
+           "objects": [("red circle", (0.1, 0.1, 0.4, 0.4))], "image_size": (1, 1)}  # fmt: skip
+    two = one | {"key": "two", "text": "a red circle left of a blue square",
+                 "objects": [*one["objects"], ("blue square", (0.6, 0.1, 0.9, 0.4))]}  # fmt: skip
+    ratios = {"caption": 1, "plan": 1, **{t: 1 for t in READ_GROUNDED}}
+    for least, expect_one in ((1, {"caption", "plan", *READ_GROUNDED}), (2, {"caption", "plan"})):
+        builder = TaskBuilder(vocab, tok, "ar", resolution=32, grounding_min_objects=least)
+        drawn = {"one": set(), "two": set()}
+        build = builder.build
+
+        def recording(sample, task, rng, build=build, drawn=drawn):
+            drawn[sample["key"]].add(task)
+            return build(sample, task, rng)
+
+        builder.build = recording
+        for _ in pack_stage(
+            iter([one, two] * 100),
+            SkipCounter(),
+            "0",
+            builder=builder,
+            ratios=ratios,
+            seq_len=256,
+            batch_size=4,
+        ):
+            pass
+        assert drawn == {"one": expect_one, "two": set(ratios)}

@@ -161,3 +161,63 @@ def test_failures_are_counted_by_kind_and_vqa_is_split_by_question(val):
         set(by_question) - {"relation", "relation yes/no"}, 1.0
     )
     assert "other" not in by_question and {"count", "color", "shape", "exists"} <= set(by_question)
+
+
+class GroundedOracle(Oracle):
+    """The oracle of a grounded model: it plans the true layout (or, wrong, other objects in a
+    corner box), draws the scene, and finds each named object's true box (or the whole image)."""
+
+    frame = (32, 32)
+
+    def plan(self, prompts, seed=0):
+        from omni.grounding import Grounded
+        from omni.shapes.benchmark import object_box
+
+        out = []
+        for p in prompts:
+            objects = self.by_caption[p]["scene"].objects
+            boxes = [
+                ("purple blob", (0.0, 0.0, 4.0, 4.0)) if self.wrong else (o.name, object_box(o, 32))
+                for o in objects
+            ]
+            out.append(Grounded(p, boxes))
+        return out
+
+    def generate_images(self, prompts, seed=0, layout=None):
+        assert layout is None or len(layout) == len(prompts)
+        return super().generate_images(prompts, seed=seed)
+
+    def answer(self, images, questions, grounded=False):
+        from omni.grounding import Grounded
+
+        answers = super().answer(images, questions)
+        return [Grounded(a, []) for a in answers] if grounded else answers
+
+    def ground(self, images, phrases, seed=0):
+        from omni.shapes.benchmark import object_box
+
+        out = []
+        for image, phrase in zip(images, phrases):
+            scene = self.by_image[image.tobytes()]["scene"]
+            (obj,) = [o for o in scene.objects if o.name == phrase]
+            out.append((0.0, 0.0, 32.0, 32.0) if self.wrong else object_box(obj, 32))
+        return out
+
+
+def test_grounding_and_layout_first_figures_of_a_perfect_and_a_useless_model(val):
+    """grounding_accuracy / grounding_iou on perfect and useless boxes; the plan's correctness
+    (plan_accuracy) apart from the image's (t2i_plan_accuracy)."""
+    samples = validation_samples(val, 20)
+    tasks = ("plan", "ground", "gvqa")
+    good = benchmark_model(GroundedOracle(samples), val, 20, batch_size=8, tasks=tasks, progress=False)
+    bad = benchmark_model(
+        GroundedOracle(samples, wrong=True), val, 20, batch_size=8, tasks=tasks, progress=False
+    )
+    assert good["grounding_accuracy"] == 1.0 and good["grounding_iou"] == pytest.approx(1.0)
+    assert bad["grounding_accuracy"] == 0.0 and bad["grounding_iou"] < 0.15
+    assert good["grounding_cases"] == sum(len(s["scene"].objects) for s in samples)
+    for part in ("", "_one", "_two"):
+        assert good["plan_accuracy" + part] == 1.0 and good["t2i_plan_accuracy" + part] == 1.0
+        assert bad["plan_accuracy" + part] == 0.0  # a useless plan, however well drawn
+    assert bad["t2i_plan_accuracy"] == 0.0 and bad["plan_failures"]
+    assert good["vqa_grounded_accuracy"] == 1.0 and bad["vqa_grounded_accuracy"] == 0.0

@@ -207,3 +207,28 @@ def test_answers_are_checked_after_normalisation():
     assert check_answer("the middle", "center")
     assert not check_answer("right", "left")
     assert not check_answer("", "one")
+
+
+def test_every_object_carries_its_box_in_pixels(tmp_path):
+    """KEY.json's objects (the grounded tasks' data): each box holds its object's pixels and
+    little else, at the rendered size."""
+    import io
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from omni.data.shards import iterate_samples
+    from omni.shapes.render import build
+
+    build(tmp_path, train=0, val=30, size=64, seed=3, per_shard=30, progress=False)
+    for sample in iterate_samples(str(tmp_path / "val-*.tar")):
+        meta = json.loads(sample["json"])
+        assert meta["image_size"] == [64, 64] and len(meta["objects"]) == len(meta["scene"]["objects"])
+        lit = np.asarray(Image.open(io.BytesIO(sample["png"])).convert("RGB")).max(-1) > 40
+        inside = np.zeros_like(lit)
+        for obj, scene_obj in zip(meta["objects"], meta["scene"]["objects"]):
+            assert obj["name"] == f"{scene_obj['color']} {scene_obj['shape']}"
+            x0, y0, x1, y1 = obj["box"]
+            inside[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))] = True
+        assert not (lit & ~inside).any()  # no lit pixel outside the boxes

@@ -17,10 +17,24 @@ import yaml
 from conftest import REPO, checkpoint_callback
 
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*/*.yaml"))
+# Overlays start over another config of their folder (`--config BASE --config OVERLAY`).
+OVERLAYS = {"grounding.yaml": "model.yaml"}
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """What LightningCLI makes of two --config files: mappings merge, anything else is replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (
+            _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
 
 
 def _config(path):
-    return yaml.safe_load(path.read_text())
+    cfg = yaml.safe_load(path.read_text())
+    base = OVERLAYS.get(path.name)
+    return _merged(yaml.safe_load((path.parent / base).read_text()), cfg) if base else cfg
 
 
 def _model_overrides(cfg: dict, assets, releases=None) -> list[str]:
@@ -72,6 +86,7 @@ def _start(
         sys.executable,
         str(REPO / script),
         "fit",
+        *(["--config", str(path.parent / OVERLAYS[path.name])] if path.name in OVERLAYS else []),
         "--config",
         str(path),
         f"--trainer.accelerator={accelerator}",
