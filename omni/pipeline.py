@@ -32,8 +32,6 @@ from omni.data.images import load_rgb, to_pil, to_tensor
 from omni.generate import (
     GENERATION_DEFAULTS,
     GENERATION_RULES,
-    generate_images_ar,
-    generate_images_mask,
     generate_interleaved,
     generate_text,
     images_ar,
@@ -583,44 +581,20 @@ class OmniPipeline:
         temperature = self._option("temperature", temperature)
         if captions and isinstance(captions[0], Prompt):
             # Layout-first prompts; guidance is against t2i's unconditional prompt (caption dropout).
-            prompts = list(captions) + (
-                [self.grammar.prompt("t2i", caption=[])] * len(captions) if guidance > 0 else []
-            )
-            if self.model.config.image_generation == "mask":
-                return images_mask(
-                    self.model, self.vocab, prompts, self.grid, steps=self._option("mask_steps", steps),
-                    guidance=guidance, temperature=temperature, generator=generator, initial=initial,
-                    compile=self.compile,
-                )  # fmt: skip
-            return images_ar(
-                self.model, self.vocab, prompts, self.grid, guidance=guidance, temperature=temperature,
-                top_k=self._option("top_k", None), generator=generator, initial=initial, compile=self.compile,
-            )  # fmt: skip
+            uncond = [self.grammar.prompt("t2i", caption=[])] * len(captions) if guidance > 0 else []
+            prompts = list(captions) + uncond
+        else:
+            prompts = self.grammar.guided_t2i_prompts(captions, guidance)
         if self.model.config.image_generation == "mask":
-            return generate_images_mask(
-                self.model,
-                self.vocab,
-                captions,
-                self.grid,
-                steps=self._option("mask_steps", steps),
-                guidance=guidance,
-                temperature=temperature,
-                generator=generator,
-                initial=initial,
+            return images_mask(
+                self.model, self.vocab, prompts, self.grid, steps=self._option("mask_steps", steps),
+                guidance=guidance, temperature=temperature, generator=generator, initial=initial,
                 compile=self.compile,
-            )
-        return generate_images_ar(
-            self.model,
-            self.vocab,
-            captions,
-            self.grid,
-            guidance=guidance,
-            temperature=temperature,
-            top_k=self._option("top_k", None),
-            generator=generator,
-            initial=initial,
-            compile=self.compile,
-        )
+            )  # fmt: skip
+        return images_ar(
+            self.model, self.vocab, prompts, self.grid, guidance=guidance, temperature=temperature,
+            top_k=self._option("top_k", None), generator=generator, initial=initial, compile=self.compile,
+        )  # fmt: skip
 
     def _region_codes(self, region) -> torch.Tensor:
         """(side, side) bool: the codes a pixel box or mask touches."""
